@@ -1,0 +1,66 @@
+"""Numerically safe building blocks in the array API standard, so one likelihood serves torch and JAX alike."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from array_api_compat import array_namespace
+
+Array = Any
+
+
+def log_sigmoid(x: Array) -> Array:
+    """``log(1 / (1 + e^-x))`` without overflow at either end."""
+    xp = array_namespace(x)
+    return -xp.logaddexp(xp.zeros_like(x), -x)
+
+
+def logsumexp(x: Array, axis: int = -1) -> Array:
+    xp = array_namespace(x)
+    top = xp.max(x, axis=axis, keepdims=True)
+    top = xp.where(xp.isfinite(top), top, xp.zeros_like(top))
+    return xp.squeeze(top, axis=axis) + xp.log(xp.sum(xp.exp(x - top), axis=axis))
+
+
+def log_softmax(x: Array, axis: int = -1) -> Array:
+    return x - xp_expand(logsumexp(x, axis=axis), axis)
+
+
+def xp_expand(x: Array, axis: int) -> Array:
+    xp = array_namespace(x)
+    return xp.expand_dims(x, axis=axis)
+
+
+def log1m_exp(x: Array) -> Array:
+    """``log(1 - e^x)`` for ``x < 0`` (Mächler 2012: expm1 near 0, log1p far from it)."""
+    xp = array_namespace(x)
+    near_zero = x > -0.6931471805599453
+    safe_near = xp.where(near_zero, x, -xp.ones_like(x))
+    safe_far = xp.where(near_zero, -xp.ones_like(x), x)
+    return xp.where(near_zero, xp.log(-xp.expm1(safe_near)), xp.log1p(-xp.exp(safe_far)))
+
+
+def masked_mean(values: Array, mask: Array, axis: int = -1) -> Array:
+    """Mean over ``axis`` of the entries where ``mask`` holds; padded entries may hold anything, even NaN.
+    A row with no valid entry gives 0."""
+    xp = array_namespace(values)
+    mask = xp.astype(mask, xp.bool) if mask.dtype != xp.bool else mask
+    total = xp.sum(xp.where(mask, values, xp.zeros_like(values)), axis=axis)
+    count = xp.sum(xp.astype(mask, values.dtype), axis=axis)
+    return total / xp.maximum(count, xp.ones_like(count))
+
+
+def masked_sum(values: Array, mask: Array, axis: int = -1) -> Array:
+    xp = array_namespace(values)
+    return xp.sum(xp.where(mask, values, xp.zeros_like(values)), axis=axis)
+
+
+def one_hot(index: Array, num_classes: int, dtype: Any) -> Array:
+    xp = array_namespace(index)
+    return xp.astype(xp.expand_dims(index, axis=-1) == xp.arange(num_classes), dtype)
+
+
+def pick(values: Array, index: Array) -> Array:
+    """``values[..., index]`` along the last axis, as a masked sum (differentiable in every backend)."""
+    xp = array_namespace(values)
+    return xp.sum(values * one_hot(index, values.shape[-1], values.dtype), axis=-1)

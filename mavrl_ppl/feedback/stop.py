@@ -1,0 +1,101 @@
+"""Stop signals: a discrete-time hazard on cumulative regret (REFERENCE §1)."""
+
+from __future__ import annotations
+
+import numpy as np
+from array_api_compat import array_namespace
+
+from mavrl_ppl.feedback._math import log1m_exp, masked_sum, pick
+from mavrl_ppl.feedback.base import FeedbackType, Latents, VariableSpec, register
+from mavrl_ppl.feedback.segments import segment_dataset
+from mavrl_ppl.feedback.teachers import Teacher
+
+#: Floor on the log-hazard argument ``lambda * C_t``: a stop where the model sees zero regret keeps a tiny, finite
+#: probability (``~1e-8``) instead of -inf, so one confident Q-network cannot produce a NaN gradient.
+MIN_HAZARD = 1e-8
+
+
+def discount_matrix(length: int, rho: float, xp, dtype) -> object:
+    """``L[t, s] = rho^(t - s)`` for ``s <= t``, else 0: ``C = g @ L.T`` is ``C_t = rho * C_{t-1} + g_t``."""
+    t = xp.arange(length, dtype=dtype)
+    lags = t[:, None] - t[None, :]
+    return xp.where(lags >= 0, rho ** xp.where(lags >= 0, lags, xp.zeros_like(lags)), xp.zeros_like(lags))
+
+
+def cumulative_regret(q, action, valid, rho: float):
+    """Instant regret ``g_t = max_a Q(s_t, a) - Q(s_t, a_t)`` (0 on invalid steps) and ``C_t = sum rho^(t-s) g_s``."""
+    xp = array_namespace(q)
+    g = xp.max(q, axis=-1) - pick(q, action)
+    g = xp.where(valid, g, xp.zeros_like(g))
+    lower = discount_matrix(g.shape[-1], rho, xp, g.dtype)
+    return g @ xp.permute_dims(lower, (1, 0))
+
+
+def log_likelihood(batch, latents: Latents, params):
+    """``log h_tau + sum_{t<tau} log(1 - h_t)`` (or ``sum_t log(1 - h_t)`` if censored, ``tau = -1``), with
+    ``h_t = 1 - exp(-lambda C_t)`` and zero hazard on invalid steps."""
+    xp = array_namespace(latents.q)
+    valid = batch["valid"]
+    x = batch["lambda"] * cumulative_regret(latents.q, batch["action"], valid, batch["rho"])  # lambda * C_t
+    tau = batch["stop_time"][..., None]
+    steps = xp.arange(x.shape[-1])
+    survive = masked_sum(-x, valid & (steps < tau))  # censored items: tau = -1 -> sum over all valid steps
+    survive = xp.where(tau[..., 0] < 0, masked_sum(-x, valid), survive)
+    log_hazard = log1m_exp(-xp.maximum(x, xp.full_like(x, MIN_HAZARD)))
+    stopped = masked_sum(log_hazard, steps == tau)
+    return survive + stopped
+
+
+def simulate(
+    teacher: Teacher,
+    count: int,
+    rng: np.random.Generator,
+    *,
+    rho: float = 0.1,
+    c: float = 2.0,
+    segment_length: int = 10,
+):
+    """Stop times for ``count`` behaviour segments; ``lambda = c / median(max_t C_t)`` (the paper's calibration)."""
+    segments = teacher.segments((count,), segment_length, rng)
+    cum = cumulative_regret(teacher.q(segments), segments["action"], segments["valid"], rho)
+    median_peak = float(np.median(cum.max(-1)))
+    if not median_peak > 0:
+        raise ValueError("cannot calibrate lambda: the median segment has zero regret under the behaviour policy")
+    lam = c / median_peak
+    hazard = np.where(segments["valid"], -np.expm1(-lam * cum), 0.0)
+    stops = rng.random(hazard.shape) < hazard
+    stop_time = np.where(stops.any(-1), stops.argmax(-1), -1)
+    attrs = {**teacher.attrs, "rho": rho, "lambda": lam, "c": c}
+    return segment_dataset(segments, ("item", "step"), {"stop_time": (("item",), stop_time)}, attrs)
+
+
+def _check(dataset):
+    tau = dataset["stop_time"].values
+    valid = dataset["valid"].values
+    length = valid.shape[-1]
+    problems = [("stop_time", int(i), f"stop time {tau[i]} is outside -1..{length - 1}")
+                for i in np.flatnonzero((tau < -1) | (tau >= length))]
+    inside = np.flatnonzero((tau >= 0) & (tau < length))
+    at_invalid = inside[~valid[inside, tau[inside]]]
+    problems += [("stop_time", int(i), f"stop time {tau[i]} falls on an invalid (padded) step") for i in at_invalid]
+    for name in ("rho", "lambda"):
+        if name not in dataset.attrs:
+            problems.append((name, -1, f"attribute {name!r} is missing"))
+    return problems
+
+
+STOP = register(
+    FeedbackType(
+        name="stop",
+        label="stop_time",
+        segment_dims=("item", "step"),
+        variables={"stop_time": VariableSpec(("item",), "int")},
+        needs=frozenset({"q"}),
+        nuisance=(),
+        log_likelihood=log_likelihood,
+        simulate=simulate,
+        check=_check,
+        defaults={"rho": 0.1, "c": 2.0, "segment_length": 10},
+        attrs=("lambda", "rho"),
+    )
+)
