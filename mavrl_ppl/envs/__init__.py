@@ -22,9 +22,23 @@ from mavrl_ppl.envs.tabular import (
     value_iteration,
 )
 
+# The gymnasium adapter is loaded on first use: importing mavrl_ppl.envs (every solver, simulator, and the
+# CLI's --help) should not pay for importing gymnasium.
+_LAZY = {"TabularEnv", "make_tabular_env", "register_tabular_envs"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from mavrl_ppl.envs import gym_adapter
+
+        return getattr(gym_adapter, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "GRID_ACTIONS",
     "TABULAR_ENVS",
+    "TabularEnv",
     "TabularMDP",
     "boltzmann_policy",
     "expected_reward",
@@ -33,8 +47,10 @@ __all__ = [
     "make_chain",
     "make_grid",
     "make_tabular",
+    "make_tabular_env",
     "manhattan_potential",
     "policy_evaluation",
+    "register_tabular_envs",
     "sample_paths",
     "shape_rewards",
     "start_value",

@@ -17,8 +17,8 @@ _MOVES = np.array([(0, 1), (-1, 0), (0, -1), (1, 0), (0, 0)])
 
 
 def grid_transitions(n: int, p_rand: float = 0.0) -> np.ndarray:
-    """``P[s, a, s']`` of an ``n x n`` grid: the intended move w.p. ``1 - p_rand``, each other move w.p. ``p_rand / 4``;
-    a move off the grid stays in place."""
+    """``P[s, a, s']`` of an ``n x n`` grid: the intended move w.p. ``1 - p_rand``, each other move w.p.
+    ``p_rand / 4``; a move off the grid stays in place."""
     if not 0.0 <= p_rand <= 1.0:
         raise ValueError(f"p_rand must lie in [0, 1], got {p_rand}")
     rows, cols = np.divmod(np.arange(n * n), n)
@@ -46,8 +46,8 @@ def cliff_map(n: int, bottom: float = -4.0) -> np.ndarray:
 
 
 def trap_map(n: int) -> np.ndarray:
-    """Goal +1 and four 2x2 blocks of -4; the blocks sit at rows/cols {2,3} and {6,7} on the paper's 10x10 grid and
-    are scaled to the same relative places on other sizes."""
+    """Goal +1 and four 2x2 blocks of -4; the blocks sit at rows/cols {2,3} and {6,7} on the paper's 10x10
+    grid and are scaled to the same relative places on other sizes."""
     m = np.zeros((n, n))
     for start in (round(0.2 * n), round(0.6 * n)):
         for start_col in (round(0.2 * n), round(0.6 * n)):
@@ -64,8 +64,8 @@ def center_map(n: int) -> np.ndarray:
 
 
 def penalty_map(n: int) -> np.ndarray:
-    """A penalty of -1 at the goal cell and 0 elsewhere (EPIC test reward; the negation of sparse up to a constant,
-    which is what Gleave et al.'s sparse-penalty distance of 1.0 requires)."""
+    """A penalty of -1 at the goal cell (N-1, N-1) and 0 elsewhere (EPIC test reward; the negation of sparse
+    up to a constant, which is what Gleave et al.'s sparse-penalty distance of 1.0 requires)."""
     m = np.zeros((n, n))
     m[n - 1, n - 1] = -1.0
     return m
@@ -93,7 +93,7 @@ def grid_from_rewards(
     gamma: float = 0.95,
     name: str = "grid_custom",
 ) -> TabularMDP:
-    """A grid world whose state rewards are a user's own ``N x N`` array (start top-left, goal bottom-right)."""
+    """A grid world whose state rewards are a user's ``N x N`` array (start top-left, goal bottom-right)."""
     reward_map = np.asarray(reward_map, dtype=np.float64)
     if reward_map.ndim != 2 or reward_map.shape[0] != reward_map.shape[1]:
         raise ValueError(f"reward_map must be a square N x N array, got shape {reward_map.shape}")
@@ -133,14 +133,13 @@ def shape_rewards(rewards: np.ndarray, potential: np.ndarray, gamma: float) -> n
 
 
 def make_grid(kind: str, size: int = 10, *, p_rand: float = 0.0, gamma: float = 0.95) -> TabularMDP:
-    """One of the named grids: ``sparse``, ``cliff``, ``trap`` (the paper's), ``center``, ``penalty``, ``path`` and
-    ``dense`` (sparse shaped by :func:`manhattan_potential`; its reward depends on ``s'`` so it has no group rewards)."""
+    """One of the named grids: ``sparse``, ``cliff``, ``trap`` (the paper's), ``center``, ``penalty``,
+    ``path`` and ``dense`` (sparse shaped by :func:`manhattan_potential`; its reward depends on ``s'`` so it
+    has no group rewards)."""
     if kind == "dense":
         base = make_grid("sparse", size, p_rand=p_rand, gamma=gamma)
         shaped = shape_rewards(base.rewards, manhattan_potential(size), gamma)
-        return TabularMDP(
-            **{**base.__dict__, "name": "grid_dense", "rewards": shaped, "group_rewards": None}
-        )
+        return TabularMDP(**{**base.__dict__, "name": "grid_dense", "rewards": shaped, "group_rewards": None})
     if kind not in GRID_MAPS:
         raise ValueError(f"unknown grid {kind!r}; known: {sorted([*GRID_MAPS, 'dense'])}")
     mdp = grid_from_rewards(GRID_MAPS[kind](size), p_rand=p_rand, gamma=gamma, name=f"grid_{kind}")
@@ -175,13 +174,16 @@ def make_chain(length: int = 5, *, gamma: float = 0.9) -> TabularMDP:
     )
 
 
-def make_tabular(name: str, *, size: int | None = None, p_rand: float = 0.0, gamma: float | None = None) -> TabularMDP:
+def make_tabular(
+    name: str, *, size: int | None = None, p_rand: float = 0.0, gamma: float | None = None
+) -> TabularMDP:
     """Build a tabular env by registry name: ``grid_<kind>`` (default 10x10, gamma 0.95) or ``chain``."""
     if name.startswith("grid_"):
-        return make_grid(name.removeprefix("grid_"), size or 10, p_rand=p_rand, gamma=0.95 if gamma is None else gamma)
+        kind = name.removeprefix("grid_")
+        return make_grid(kind, size or 10, p_rand=p_rand, gamma=0.95 if gamma is None else gamma)
     if name == "chain":
         return make_chain(size or 5, gamma=0.9 if gamma is None else gamma)
     raise ValueError(f"unknown tabular env {name!r}; known: grid_<{'|'.join([*GRID_MAPS, 'dense'])}>, chain")
 
 
-TABULAR_ENVS = tuple(f"grid_{k}" for k in [*GRID_MAPS, "dense"]) + ("chain",)
+TABULAR_ENVS = (*(f"grid_{k}" for k in [*GRID_MAPS, "dense"]), "chain")

@@ -1,10 +1,10 @@
 """Vectorised trajectory sampling on tabular MDPs, with no Python loop over time steps or items.
 
-Each step ``t`` of each path draws two uniforms; with them every state ``s`` gets the action it *would* take and the
-state it *would* reach, giving a table ``f_t: S -> S``. The visited states are prefix compositions
-``f_t o ... o f_0 (s_0)``, computed for all ``t`` at once by a Hillis–Steele scan in ``ceil(log2 T)`` array operations.
-Using one uniform per step for all states is a valid coupling: only the realised state's entry is ever used, and the
-uniforms are independent of the past.
+Each step ``t`` of each path draws two uniforms; with them every state ``s`` gets the action it *would* take
+and the state it *would* reach, giving a table ``f_t: S -> S``. The visited states are prefix compositions
+``f_t o ... o f_0 (s_0)``, computed for all ``t`` at once by a Hillis-Steele scan in ``ceil(log2 T)`` array
+operations. Using one uniform per step for all states is a valid coupling: only the realised state's entry is
+ever used, and the uniforms are independent of the past.
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ def sample_paths(
         rng: the only source of randomness.
 
     Returns:
-        ``states`` of shape ``(n, num_steps + 1)`` (``s_0 .. s_T``) and ``actions`` of shape ``(n, num_steps + 1)``
-        (``a_t`` taken in ``s_t``; the last one is the action the policy would take next).
+        ``states`` of shape ``(n, num_steps + 1)`` (``s_0 .. s_T``) and ``actions`` of shape
+        ``(n, num_steps + 1)`` (``a_t`` taken in ``s_t``; the last one is the action the policy would take
+        next).
     """
     S, A, _ = transitions.shape
     start_states = np.asarray(start_states, dtype=np.int64)

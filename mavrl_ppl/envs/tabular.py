@@ -1,9 +1,9 @@
 """Exact tabular MDPs and the solvers that work on them (numpy, float64).
 
-A :class:`TabularMDP` carries the full dynamics ``P[s, a, s']`` and the true reward ``R[s, a, s']``. Rewards that are a
-function of a smaller set of parameters (one per state on the paper grids) also carry ``reward_groups[s, a, s']``, the
-index of the parameter each transition's reward comes from; the NUTS baseline infers one value per group and the SVI
-encoder sees the group's features.
+A :class:`TabularMDP` carries the full dynamics ``P[s, a, s']`` and the true reward ``R[s, a, s']``. Rewards
+that are a function of a smaller set of parameters (one per state on the paper grids) also carry
+``reward_groups[s, a, s']``, the index of the parameter each transition's reward comes from; the NUTS baseline
+infers one value per group and the SVI encoder sees the group's features.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ class TabularMDP:
         initial: initial-state distribution ``(S,)``.
         gamma: discount factor in [0, 1).
         reward_groups: ``(S, A, S)`` integer index of the reward parameter behind each transition.
-        group_rewards: ``(G,)`` true value of each reward parameter (``rewards == group_rewards[reward_groups]``
-            wherever the reward is a function of the groups; ``None`` when it is not, e.g. a shaped reward).
+        group_rewards: ``(G,)`` true value of each reward parameter
+            (``rewards == group_rewards[reward_groups]`` wherever the reward is a function of the groups;
+            ``None`` when it is not, e.g. a shaped reward).
         goal_states: states at which a demonstration episode ends.
         grid_shape: ``(rows, cols)`` for grid worlds (plots), else ``None``.
         action_names: one label per action.
@@ -45,7 +46,7 @@ class TabularMDP:
     settings: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        S, A, S2 = self.transitions.shape
+        S, _, S2 = self.transitions.shape
         if S != S2:
             raise ValueError(f"transitions must be (S, A, S), got {self.transitions.shape}")
         if self.rewards.shape != self.transitions.shape:
@@ -97,8 +98,9 @@ def value_iteration(
 ) -> np.ndarray:
     """Optimal action values ``Q*[s, a]`` by hard-max value iteration.
 
-    Stops when the sup-norm change drops below ``tol * (1 - gamma) / gamma`` (so that ``Q`` is within ``tol`` of the
-    fixed point) or after ``max_iter`` sweeps, whichever comes first; ``rewards`` may carry leading batch dimensions.
+    Stops when the sup-norm change drops below ``tol * (1 - gamma) / gamma`` (so that ``Q`` is within ``tol``
+    of the fixed point) or after ``max_iter`` sweeps, whichever comes first; ``rewards`` may carry leading
+    batch dimensions.
     """
     r_sa = np.einsum("sat,...sat->...sa", transitions, rewards)
     q = np.zeros_like(r_sa)
@@ -135,10 +137,11 @@ def boltzmann_policy(q: np.ndarray, beta: float) -> np.ndarray:
 
 
 def uniform_policy(mdp: TabularMDP) -> np.ndarray:
+    """The uniform random policy ``pi[s, a] = 1 / A``."""
     return np.full((mdp.num_states, mdp.num_actions), 1.0 / mdp.num_actions)
 
 
 def start_value(mdp: TabularMDP, policy: np.ndarray, rewards: np.ndarray | None = None) -> float:
-    """Discounted value of ``policy`` from the initial distribution, under ``rewards`` (default: the true reward)."""
+    """Discounted value of ``policy`` from the initial distribution under ``rewards`` (default: true)."""
     rewards = mdp.rewards if rewards is None else rewards
     return float(mdp.initial @ policy_evaluation(mdp.transitions, rewards, mdp.gamma, policy))

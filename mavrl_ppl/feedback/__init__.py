@@ -12,9 +12,18 @@ from mavrl_ppl.feedback.base import (
     registered,
     unregister,
 )
+from mavrl_ppl.feedback.data import (
+    FeedbackDataError,
+    load_feedback,
+    parse_counts,
+    save_feedback,
+    simulate_feedback,
+    validate_feedback,
+)
 from mavrl_ppl.feedback.teachers import TabularTeacher, Teacher
 
 __all__ = [
+    "FeedbackDataError",
     "FeedbackType",
     "Latents",
     "Nuisance",
@@ -23,11 +32,16 @@ __all__ = [
     "VariableSpec",
     "demonstration",
     "get_feedback_type",
+    "load_feedback",
+    "parse_counts",
     "preference",
     "rating",
     "rationality",
     "register",
     "registered",
+    "save_feedback",
+    "simulate_feedback",
     "stop",
     "unregister",
+    "validate_feedback",
 ]

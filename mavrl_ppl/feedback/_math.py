@@ -40,6 +40,19 @@ def log1m_exp(x: Array) -> Array:
     return xp.where(near_zero, xp.log(-xp.expm1(safe_near)), xp.log1p(-xp.exp(safe_far)))
 
 
+def align_batch(value: Array, ndim: int, event_ndim: int = 0) -> Array:
+    """Insert singleton axes before a nuisance value's ``event_ndim`` trailing (parameter) axes so that its
+    leading (sample) axes line up with the LEADING axes of an ``ndim``-dimensional array: a per-sample ``beta``
+    of shape ``(S,)`` scales latents ``(S, item, ...)`` sample by sample, never item by item or action by
+    action. Values that already carry those axes (Pyro's ``(P, 1)`` particle shape, a scalar) pass unchanged."""
+    batch_ndim = value.ndim - event_ndim
+    if batch_ndim <= 0 or value.ndim >= ndim:
+        return value
+    xp = array_namespace(value)
+    batch, event = value.shape[:batch_ndim], value.shape[batch_ndim:]
+    return xp.reshape(value, (*batch, *([1] * (ndim - value.ndim)), *event))
+
+
 def masked_mean(values: Array, mask: Array, axis: int = -1) -> Array:
     """Mean over ``axis`` of the entries where ``mask`` holds; padded entries may hold anything, even NaN.
     A row with no valid entry gives 0."""

@@ -4,8 +4,8 @@ A feedback type is one frozen :class:`FeedbackType` value. Every type has the sa
 
 - a schema (:attr:`FeedbackType.segment_dims`, :attr:`FeedbackType.variables`), used by validation;
 - nuisance parameters (:class:`Nuisance`) with a Gaussian prior on an unconstrained value and an array-API transform;
-- ``log_likelihood(batch, latents, params) -> (..., item)`` written once against the array API, so the Pyro model (torch)
-  and the NumPyro model (JAX) call the very same function;
+- ``log_likelihood(batch, latents, params) -> (..., item)`` written once against the array API, so the Pyro
+  model (torch) and the NumPyro model (JAX) call the very same function;
 - a simulated teacher ``simulate(teacher, count, rng, **settings) -> xarray.Dataset`` (numpy, vectorised).
 
 Users add their own type from their own module with one :func:`register` call.
@@ -61,8 +61,8 @@ class Nuisance(NamedTuple):
     """A nuisance parameter of a feedback type, e.g. rating cutpoints or a rationality coefficient.
 
     The prior is ``z ~ Normal(loc(attrs), scale)`` on an unconstrained vector ``z``; the likelihood sees
-    ``transform(z)`` (array API). Each backend realises this as it needs (a sample site in NumPyro, a site with a learned
-    Gaussian guide in Pyro). The posterior records the transformed value as ``<type>_<name>``.
+    ``transform(z)`` (array API). Each backend realises this as it needs (a sample site in NumPyro, a site with a
+    learned Gaussian guide in Pyro). The posterior records the transformed value as ``<type>_<name>``.
 
     Attributes:
         name: parameter name inside the type (``"cutpoints"``, ``"beta"``).
@@ -141,7 +141,7 @@ def _exp(z: Array) -> Array:
 
 
 def rationality(scale: float = 1.0) -> Nuisance:
-    """A Boltzmann rationality ``beta = exp(z)``, ``z ~ Normal(0, scale)``, fixed when the data set has attr ``beta``."""
+    """A Boltzmann rationality ``beta = exp(z)``, ``z ~ Normal(0, scale)``; fixed when the data set has ``beta``."""
     return Nuisance("beta", loc=lambda attrs: np.zeros(()), scale=scale, transform=_exp, fixed_attr="beta")
 
 
@@ -149,7 +149,7 @@ _REGISTRY: dict[str, FeedbackType] = {}
 
 
 def register(feedback_type: FeedbackType, *, overwrite: bool = False) -> FeedbackType:
-    """Make a feedback type available by name to validation, simulation, ``--inference svi`` and ``--inference nuts``."""
+    """Make a feedback type available by name to validation, simulation, ``--inference svi`` and ``nuts``."""
     if not isinstance(feedback_type, FeedbackType):
         raise TypeError(f"register() takes a FeedbackType, got {type(feedback_type).__name__}")
     if feedback_type.name in _REGISTRY and not overwrite:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from array_api_compat import array_namespace
 
-from mavrl_ppl.feedback._math import log_softmax, masked_sum, pick
+from mavrl_ppl.feedback._math import align_batch, log_softmax, masked_sum, pick
 from mavrl_ppl.feedback.base import FeedbackType, Latents, VariableSpec, rationality, register
 from mavrl_ppl.feedback.segments import segment_dataset
 from mavrl_ppl.feedback.teachers import Teacher
@@ -12,7 +13,10 @@ from mavrl_ppl.feedback.teachers import Teacher
 
 def log_likelihood(batch, latents: Latents, params):
     """Sum over an episode's valid steps of ``log_softmax(beta * Q(s_t, .))[a_t]`` (one item = one episode)."""
-    logp = pick(log_softmax(params["beta"] * latents.q), batch["action"])
+    xp = array_namespace(latents.q)
+    # Padded steps may hold anything (inf, NaN): zero them BEFORE the softmax, or its gradient is NaN there.
+    q = xp.where(batch["valid"][..., None], latents.q, xp.zeros_like(latents.q))
+    logp = pick(log_softmax(align_batch(params["beta"], q.ndim) * q), batch["action"])
     return masked_sum(logp, batch["valid"])
 
 

@@ -1,10 +1,10 @@
-"""Pairwise preferences under Bradley–Terry on mean segment rewards (REFERENCE §1)."""
+"""Pairwise preferences under Bradley-Terry on mean segment rewards (REFERENCE §1)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from mavrl_ppl.feedback._math import log_sigmoid, masked_mean
+from mavrl_ppl.feedback._math import align_batch, log_sigmoid, masked_mean
 from mavrl_ppl.feedback.base import FeedbackType, Latents, VariableSpec, rationality, register
 from mavrl_ppl.feedback.segments import segment_dataset, segment_means
 from mavrl_ppl.feedback.teachers import Teacher
@@ -14,8 +14,8 @@ def log_likelihood(batch, latents: Latents, params):
     """``y log sigmoid(d) + (1 - y) log sigmoid(-d)``, ``d = beta * (mean r(first) - mean r(second))``;
     soft labels ``y`` in [0, 1] give the expected log-likelihood."""
     means = masked_mean(latents.reward, batch["valid"])  # (..., item, side)
-    beta = params["beta"]
-    d = beta * (means[..., 0] - means[..., 1])
+    diff = means[..., 0] - means[..., 1]  # (..., item)
+    d = align_batch(params["beta"], diff.ndim) * diff
     y = batch["preference"]
     return y * log_sigmoid(d) + (1.0 - y) * log_sigmoid(-d)
 

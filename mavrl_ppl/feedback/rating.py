@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from array_api_compat import array_namespace
 
-from mavrl_ppl.feedback._math import log1m_exp, log_sigmoid, masked_mean, pick
+from mavrl_ppl.feedback._math import align_batch, log1m_exp, log_sigmoid, masked_mean, pick
 from mavrl_ppl.feedback.base import FeedbackType, Latents, Nuisance, VariableSpec, register
 from mavrl_ppl.feedback.segments import segment_dataset, segment_means
 from mavrl_ppl.feedback.teachers import Teacher
@@ -25,8 +25,7 @@ def log_likelihood(batch, latents: Latents, params):
     Written as ``log sigmoid(a) + log sigmoid(-b) + log(1 - e^(b - a))`` so it stays finite in the tails."""
     xp = array_namespace(latents.reward)
     u = masked_mean(latents.reward, batch["valid"])[..., None]  # (..., item, 1)
-    theta = params["cutpoints"]
-    theta = xp.reshape(theta, (*theta.shape[:-1], *([1] * (u.ndim - theta.ndim)), theta.shape[-1]))
+    theta = align_batch(params["cutpoints"], u.ndim, event_ndim=1)
     scale = batch.get("scale", 1.0)
     k = batch["rating"]
     num_cut = theta.shape[-1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from array_api_compat import array_namespace
 
@@ -25,6 +27,8 @@ def discount_matrix(length: int, rho: float, xp, dtype) -> object:
 def cumulative_regret(q, action, valid, rho: float):
     """Instant regret ``g_t = max_a Q(s_t, a) - Q(s_t, a_t)`` (0 on invalid steps) and ``C_t = sum rho^(t-s) g_s``."""
     xp = array_namespace(q)
+    # Padded steps may hold anything (inf, NaN): zero them BEFORE max/pick, or their gradients are NaN there.
+    q = xp.where(valid[..., None], q, xp.zeros_like(q))
     g = xp.max(q, axis=-1) - pick(q, action)
     g = xp.where(valid, g, xp.zeros_like(g))
     lower = discount_matrix(g.shape[-1], rho, xp, g.dtype)
@@ -42,6 +46,8 @@ def log_likelihood(batch, latents: Latents, params):
     survive = masked_sum(-x, valid & (steps < tau))  # censored items: tau = -1 -> sum over all valid steps
     survive = xp.where(tau[..., 0] < 0, masked_sum(-x, valid), survive)
     log_hazard = log1m_exp(-xp.maximum(x, xp.full_like(x, MIN_HAZARD)))
+    # Zero hazard on invalid steps (REFERENCE §1): a stop there has probability 0 (validation rejects such data).
+    log_hazard = xp.where(valid, log_hazard, xp.full_like(log_hazard, -math.inf))
     stopped = masked_sum(log_hazard, steps == tau)
     return survive + stopped
 

@@ -1,0 +1,58 @@
+"""Convergence diagnostics of a NUTS posterior, computed by ArviZ over every posterior variable."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+
+#: A run counts as converged when every posterior variable has rank-normalised split R-hat at most this (Vehtari et
+#: al. 2021) and no transition diverged.
+RHAT_MAX = 1.01
+
+
+def arviz() -> Any:
+    """``import arviz`` without its once-a-day ``FutureWarning`` about the 1.0 refactor (the tests turn warnings into
+    errors, and whether it fires depends on a cache file outside the project)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import arviz as az
+    return az
+
+
+def _extreme(dataset: Any, reduce: Any) -> float:
+    values = [np.asarray(dataset[name].values, dtype=np.float64).ravel() for name in dataset.data_vars]
+    values = np.concatenate(values) if values else np.array([np.nan])
+    return float(reduce(values))
+
+
+def nuts_diagnostics(idata: Any, *, rhat_max: float = RHAT_MAX) -> dict[str, Any]:
+    """R-hat, ESS, divergences and tree depth of a NUTS ``InferenceData``.
+
+    Args:
+        idata: with ``posterior`` (chain, draw, ...) and ``sample_stats`` holding ``diverging``, ``tree_depth`` and
+            ``step_size``.
+        rhat_max: R-hat bound of ``converged``.
+
+    Returns:
+        ``rhat_max`` (largest rank-normalised R-hat over all posterior variables and elements), ``ess_bulk_min``,
+        ``ess_tail_min`` (smallest bulk / tail ESS), ``divergences`` (post-warm-up divergent transitions),
+        ``tree_depth_max``, ``step_size_mean`` and ``converged`` (R-hat <= ``rhat_max`` and no divergence).
+    """
+    az = arviz()
+    posterior = idata.posterior
+    rhat = _extreme(az.rhat(posterior, method="rank"), np.max)
+    ess_bulk = _extreme(az.ess(posterior, method="bulk"), np.min)
+    ess_tail = _extreme(az.ess(posterior, method="tail"), np.min)
+    stats = idata.sample_stats
+    divergences = int(np.asarray(stats["diverging"].values).sum())
+    return {
+        "rhat_max": rhat,
+        "ess_bulk_min": ess_bulk,
+        "ess_tail_min": ess_tail,
+        "divergences": divergences,
+        "tree_depth_max": int(np.asarray(stats["tree_depth"].values).max()),
+        "step_size_mean": float(np.asarray(stats["step_size"].values).mean()),
+        "converged": bool(rhat <= rhat_max and divergences == 0),
+    }

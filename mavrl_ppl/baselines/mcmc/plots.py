@@ -1,0 +1,1 @@
+"""Trace and rank plots of a NUTS posterior (placeholder, written below)."""

@@ -1,0 +1,186 @@
+"""NUTS on the tabular feedback model: settings, the run, and its posterior as ArviZ ``InferenceData``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from numpyro.infer import MCMC, NUTS
+from numpyro.infer.util import log_likelihood as numpyro_log_likelihood
+
+from mavrl_ppl.baselines.mcmc.devices import enable_x64
+from mavrl_ppl.baselines.mcmc.diagnostics import nuts_diagnostics
+from mavrl_ppl.baselines.mcmc.model import make_model, nuisance_sites
+from mavrl_ppl.envs.tabular import TabularMDP
+
+CHAIN_METHODS = ("auto", "parallel", "vectorized", "sequential")
+
+
+@dataclass
+class NutsSettings:
+    """How to run NUTS (the defaults are the paper-grid benchmark's)."""
+
+    num_chains: int = 4  # independent chains (R-hat needs >= 2)
+    num_warmup: int = 1000  # warm-up iterations per chain (step size and mass matrix adaptation), discarded
+    num_samples: int = 1000  # kept draws per chain
+    target_accept_prob: float = 0.8  # NUTS's step-size adaptation target; raise it if transitions diverge
+    max_tree_depth: int = 10  # at most 2^depth - 1 leapfrog steps per iteration
+    dense_mass: bool = False  # adapt a dense (True) or diagonal (False) mass matrix
+    seed: int = 0  # PRNG seed of the chains' initial points and trajectories
+    progress_bar: bool = True  # show NumPyro's progress bar (off automatically for the device-split method)
+    chain_method: str = "auto"  # auto: one chain per host device if enough, else split chains over the devices
+    q_method: str = "exact"  # Q* in the model: "exact" (policy iteration + linear solve) or "sweeps"
+    log_likelihood: bool = True  # store per-item log-likelihoods (ArviZ log_likelihood group, for LOO/WAIC)
+
+    def __post_init__(self) -> None:
+        if self.chain_method not in CHAIN_METHODS:
+            raise ValueError(f"chain_method must be one of {CHAIN_METHODS}, got {self.chain_method!r}")
+        for name in ("num_chains", "num_warmup", "num_samples", "max_tree_depth"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not 0.0 < self.target_accept_prob < 1.0:
+            raise ValueError(f"target_accept_prob must lie in (0, 1), got {self.target_accept_prob}")
+
+
+class NutsResult(NamedTuple):
+    """What :func:`run_nuts` returns.
+
+    Attributes:
+        idata: the posterior (``reward``, nuisance parameters), NUTS ``sample_stats``, ``log_likelihood``,
+            ``observed_data`` and ``constant_data``, with run attributes.
+        diagnostics: ``rhat_max``, ``ess_bulk_min``, ``ess_tail_min``, ``divergences``, ``tree_depth_max``,
+            ``step_size_mean``, ``converged`` and ``fit_seconds`` (see :func:`nuts_diagnostics`).
+    """
+
+    idata: Any
+    diagnostics: dict[str, Any]
+
+
+def split_over_devices(num_devices: int) -> Callable:
+    """A NumPyro ``chain_method``: the chains are split evenly over ``num_devices`` host devices (``pmap``) and
+    vectorised within a device (``vmap``), e.g. 4 chains on 2 cores run 2 + 2."""
+
+    def transform(single_chain: Callable) -> Callable:
+        def run(args: Any) -> Any:
+            split = jax.tree.map(lambda x: x.reshape(num_devices, -1, *x.shape[1:]), args)
+            out = jax.pmap(jax.vmap(single_chain))(split)
+            return jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), out)
+
+        return run
+
+    return transform
+
+
+def resolve_chain_method(method: str, num_chains: int) -> str | Callable:
+    """The NumPyro ``chain_method`` for a setting: ``auto`` picks ``parallel`` when every chain gets its own device,
+    :func:`split_over_devices` when the chains divide evenly over several devices, else ``vectorized``."""
+    devices = jax.local_device_count()
+    if method == "parallel" and devices < num_chains:
+        raise ValueError(
+            f"chain_method='parallel' needs {num_chains} devices, JAX has {devices} (call set_host_devices first)"
+        )
+    if method != "auto" or num_chains == 1:
+        return method
+    if devices >= num_chains:
+        return "parallel"
+    usable = max(d for d in range(1, devices + 1) if num_chains % d == 0)
+    return split_over_devices(usable) if usable > 1 else "vectorized"
+
+
+def reward_layout(mdp: TabularMDP) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """Posterior dims and shape of the group rewards: ``("state",)`` when each state is its own group (the grids),
+    ``("state", "action")`` when each state-action pair is, else ``("group",)``."""
+    S, A = mdp.num_states, mdp.num_actions
+    groups = mdp.reward_groups
+    if np.array_equal(groups, np.broadcast_to(np.arange(S)[:, None, None], groups.shape)):
+        return ("state",), (S,)
+    by_pair = np.arange(S * A).reshape(S, A)[:, :, None]
+    if np.array_equal(groups, np.broadcast_to(by_pair, groups.shape)):
+        return ("state", "action"), (S, A)
+    return ("group",), (mdp.num_groups,)
+
+
+_STAT_FIELDS = {
+    "diverging": "diverging",
+    "num_steps": "n_steps",
+    "energy": "energy",
+    "adapt_state.step_size": "step_size",
+    "potential_energy": "lp",
+    "accept_prob": "acceptance_rate",
+}
+
+
+def run_nuts(mdp: TabularMDP, feedback: Mapping[str, Any], settings: NutsSettings | None = None) -> NutsResult:
+    """Sample the reward posterior of a feedback set with NUTS.
+
+    Args:
+        mdp: the tabular MDP the feedback was given on (dynamics, discount, ``reward_groups``).
+        feedback: type name -> ``xarray.Dataset`` (tabular segments), the same data SVI is fitted to.
+        settings: sampler settings (default :class:`NutsSettings`).
+
+    Returns:
+        A :class:`NutsResult`; check ``diagnostics["converged"]`` before trusting the posterior.
+    """
+    from mavrl_ppl.analysis.posterior import build_inference_data  # imports ArviZ; keep module import light
+
+    settings = settings or NutsSettings()
+    enable_x64()
+    start = time.perf_counter()
+    model, inputs = make_model(mdp, feedback, q_method=settings.q_method)
+    kernel = NUTS(
+        model,
+        target_accept_prob=settings.target_accept_prob,
+        max_tree_depth=settings.max_tree_depth,
+        dense_mass=settings.dense_mass,
+    )
+    chain_method = resolve_chain_method(settings.chain_method, settings.num_chains)
+    mcmc = MCMC(
+        kernel,
+        num_warmup=settings.num_warmup,
+        num_samples=settings.num_samples,
+        num_chains=settings.num_chains,
+        chain_method=chain_method,
+        progress_bar=settings.progress_bar and not callable(chain_method),
+    )
+    mcmc.run(jax.random.PRNGKey(settings.seed), inputs, extra_fields=tuple(_STAT_FIELDS))
+    samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
+    stats = {_STAT_FIELDS[k]: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
+    stats["lp"] = -stats["lp"]
+    # A trajectory of n leapfrog steps has depth floor(log2 n) + 1 (2^d - 1 steps fill a tree of depth d).
+    stats["tree_depth"] = np.floor(np.log2(np.maximum(stats["n_steps"], 1))).astype(np.int64) + 1
+    sampling_seconds = time.perf_counter() - start
+
+    log_lik = None
+    if settings.log_likelihood:
+        flat = {k: jnp.asarray(v.reshape(-1, *v.shape[2:])) for k, v in samples.items()}
+        values = numpyro_log_likelihood(model, flat, inputs)
+        log_lik = {k: np.asarray(v).reshape(*samples["reward"].shape[:2], -1) for k, v in values.items()}
+
+    dims, shape = reward_layout(mdp)
+    reward = samples["reward"].reshape(*samples["reward"].shape[:2], *shape)
+    fit_seconds = time.perf_counter() - start
+    idata = build_inference_data(
+        reward=reward,
+        reward_dims=dims,
+        nuisance={site: samples[site] for site in nuisance_sites(feedback)},
+        sample_stats=stats,
+        feedback=feedback,
+        mdp=mdp,
+        attrs={
+            "inference": "nuts",
+            "seed": settings.seed,
+            "fit_seconds": fit_seconds,
+            "sampling_seconds": sampling_seconds,
+            "num_devices": jax.local_device_count(),
+            "chain_method": chain_method if isinstance(chain_method, str) else "split_over_devices",
+            **{f"nuts_{k}": v for k, v in asdict(settings).items() if k not in ("seed", "chain_method")},
+        },
+        log_likelihood=log_lik,
+    )
+    diagnostics = {**nuts_diagnostics(idata), "fit_seconds": fit_seconds}
+    return NutsResult(idata=idata, diagnostics=diagnostics)

@@ -1,0 +1,201 @@
+"""The joint feedback model of MAVRL as one Pyro program, and its amortized guide.
+
+Sites, for every feedback type ``b`` present in the data (no per-type branches: each type is reached through the
+plugin registry):
+
+- ``reward_<b>``: the per-transition reward latent of every step of ``b``'s segments, prior ``Normal(0, 1)``, masked by
+  ``valid``. Its log-density (and the guide's) is scaled by ``kl_weight``: the KL weight of REFERENCE §1
+  (``kl_weight = 1`` is the exact ELBO). Every transition has its own latent, so the prior is paid once per step
+  while a preference or rating scores a mean over ~10 steps; at ``kl_weight = 1`` the posterior stays at the prior
+  (measured: posterior sd ~1.0 and |mean| < 0.3 on grid_trap), hence the small default in ``SVISettings``.
+- ``bellman_<b>``: Bellman consistency. The TD target ``y = Q(s, a) - gamma * Q(s', a')`` (``Q(s', .) = 0`` after a
+  terminal step) is observed as ``y ~ Normal(r, bellman_scale)``, masked by ``valid`` and scaled by ``td_weight``.
+  Its expectation under ``q = Normal(mu, sigma)`` is ``((y - mu)^2 + sigma^2) / (2 bellman_scale^2)`` per step: the
+  reference's TD term with a fixed instead of a learned scale (REFERENCE §1 ``td_weight * TD_b``).
+- ``<b>_<param>_z``: nuisance parameters (e.g. rating cutpoints) on their unconstrained scale, prior from the type's
+  :class:`~mavrl_ppl.feedback.Nuisance`; the transformed value is recorded as ``<b>_<param>``.
+- ``obs_<b>``: the labels, scored by the type's own ``log_likelihood`` (the ``nll_b`` of REFERENCE §1).
+
+Items sit in a ``<b>_item`` plate with ``subsample=`` indices, so a minibatch gives an unbiased estimate of the
+full-data ELBO. The Q-network is a module of the model (point-estimated, like the reference); the encoder is the
+guide's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from torch.distributions import constraints
+
+from mavrl_ppl.feedback.base import FeedbackType, Latents, get_feedback_type
+from mavrl_ppl.models.networks import QNetwork, RewardEncoder, transition_features
+
+
+def weighted(weight: float):
+    """``poutine.scale`` by ``weight``; a zero weight removes the sites' terms by masking (``scale`` rejects 0)."""
+    if weight < 0:
+        raise ValueError(f"site weights must be >= 0, got {weight}")
+    return poutine.mask(mask=False) if weight == 0 else poutine.scale(scale=weight)
+
+
+class FeedbackLikelihood(dist.TorchDistribution):
+    """Wraps a feedback type's array-API log-likelihood as a distribution over its labels (scoring only)."""
+
+    arg_constraints: dict = {}  # noqa: RUF012 (torch's Distribution API declares it so)
+    support = constraints.real
+
+    def __init__(self, feedback_type: FeedbackType, batch: Mapping, latents: Latents, params: Mapping) -> None:
+        self.feedback_type, self.batch, self.latents, self.params = feedback_type, batch, latents, params
+        label_shape = batch[feedback_type.label].shape  # (item, *per-item label dims, e.g. demo steps)
+        super().__init__(batch_shape=label_shape[:1], event_shape=label_shape[1:], validate_args=False)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        batch = {**self.batch, self.feedback_type.label: value}
+        return self.feedback_type.log_likelihood(batch, self.latents, self.params)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:  # noqa: B008
+        raise NotImplementedError("feedback likelihoods only score observed labels")
+
+
+@dataclass(frozen=True)
+class ModelWeights:
+    """The scales on the model's sites (REFERENCE §1).
+
+    Attributes:
+        kl_weight: scale on the reward prior and guide sites (1 = exact ELBO).
+        td_weight: scale on the Bellman-consistency sites.
+        bellman_scale: standard deviation of the Bellman observation ``y ~ Normal(r, bellman_scale)``.
+    """
+
+    kl_weight: float = 1.0
+    td_weight: float = 1.0
+    bellman_scale: float = 0.5
+
+
+class JointFeedbackModel:
+    """The Pyro program: ``model(batches)`` and the amortized ``guide(batches)``.
+
+    ``batches`` maps type name -> ``(indices, batch)``: the subsample's item indices (a LongTensor) and the type's
+    variables for those items as tensors (see :func:`mavrl_ppl.inference.data.to_tensors`), with ``num_items`` the
+    full data size.
+
+    Args:
+        obs_dim: observation feature size.
+        num_actions: size of the discrete action space.
+        num_items: full number of items of each type (for the plates' scale).
+        attrs: each type's data-set attributes (fixed nuisance values, gamma).
+        encoder_input: ``"state"``, ``"state_action"`` or ``"transition"``.
+        hidden: hidden width of both networks.
+        layers: hidden layers of both networks.
+        weights: site scales.
+    """
+
+    def __init__(
+        self,
+        *,
+        obs_dim: int,
+        num_actions: int,
+        num_items: Mapping[str, int],
+        attrs: Mapping[str, Mapping],
+        encoder_input: str = "state",
+        hidden: int = 64,
+        layers: int = 2,
+        weights: ModelWeights | None = None,
+    ) -> None:
+        self.num_actions = num_actions
+        self.num_items = dict(num_items)
+        self.attrs = {name: dict(a) for name, a in attrs.items()}
+        self.encoder_input = encoder_input
+        probe = transition_features(
+            torch.zeros(1, obs_dim), torch.zeros(1, dtype=torch.long), torch.zeros(1, obs_dim), num_actions,
+            encoder_input,
+        )
+        self.encoder = RewardEncoder(probe.shape[-1], hidden, layers)
+        self.q_network = QNetwork(obs_dim, num_actions, hidden, layers)
+        self.weights = weights or ModelWeights()
+
+    # -- pieces shared by model, guide and prediction -------------------------------------------------------------
+    def features(self, batch: Mapping) -> torch.Tensor:
+        return transition_features(
+            batch["obs"], batch["action"], batch["next_obs"], self.num_actions, self.encoder_input
+        )
+
+    def _event_dims(self, feedback_type: FeedbackType) -> int:
+        return len(feedback_type.segment_dims) - 1  # [side,] step
+
+    def _nuisance_priors(self, feedback_type: FeedbackType):
+        for n in feedback_type.free_nuisance(self.attrs[feedback_type.name]):
+            loc = torch.as_tensor(n.loc(self.attrs[feedback_type.name]), dtype=torch.get_default_dtype())
+            yield n, loc, torch.full_like(loc, n.scale)
+
+    # -- the program ------------------------------------------------------------------------------------------------
+    def model(self, batches: Mapping[str, tuple[torch.Tensor, Mapping]]) -> None:
+        pyro.module("q_network", self.q_network)
+        w = self.weights
+        for name, (indices, batch) in batches.items():
+            ft = get_feedback_type(name)
+            attrs = self.attrs[name]
+            sampled = {}
+            for n, loc, scale in self._nuisance_priors(ft):
+                z = pyro.sample(f"{ft.site(n)}_z", dist.Normal(loc, scale).to_event(loc.ndim))
+                sampled[ft.site(n)] = pyro.deterministic(ft.site(n), n.transform(z), event_dim=loc.ndim)
+            params = ft.params(attrs, sampled, lambda a: torch.as_tensor(a, dtype=torch.get_default_dtype()))
+            valid = batch["valid"]
+            k = self._event_dims(ft)
+            q = self.q_network(batch["obs"])
+            next_q = self.q_network(batch["next_obs"])
+            next_value = torch.gather(next_q, -1, batch["next_action"].unsqueeze(-1)).squeeze(-1)
+            td_target = torch.gather(q, -1, batch["action"].unsqueeze(-1)).squeeze(-1) - float(
+                attrs["gamma"]
+            ) * torch.where(batch["terminal"], torch.zeros_like(next_value), next_value)
+            with pyro.plate(f"{name}_item", self.num_items[name], subsample=indices):
+                with weighted(w.kl_weight):
+                    prior = dist.Normal(torch.zeros_like(td_target), 1.0).mask(valid).to_event(k)
+                    reward = pyro.sample(f"reward_{name}", prior)
+                with weighted(w.td_weight):
+                    pyro.sample(
+                        f"bellman_{name}",
+                        dist.Normal(reward, w.bellman_scale).mask(valid).to_event(k),
+                        obs=td_target,
+                    )
+                latents = Latents(reward=reward, q=q)
+                pyro.sample(f"obs_{name}", FeedbackLikelihood(ft, batch, latents, params), obs=batch[ft.label])
+
+    def guide(self, batches: Mapping[str, tuple[torch.Tensor, Mapping]]) -> None:
+        pyro.module("encoder", self.encoder)
+        for name, (indices, batch) in batches.items():
+            ft = get_feedback_type(name)
+            for n, loc, _ in self._nuisance_priors(ft):
+                q_loc = pyro.param(f"{ft.site(n)}_z_loc", loc.clone())
+                q_scale = pyro.param(f"{ft.site(n)}_z_scale", torch.full_like(loc, 0.1), constraints.positive)
+                pyro.sample(f"{ft.site(n)}_z", dist.Normal(q_loc, q_scale).to_event(loc.ndim))
+            mu, sigma = self.encoder(self.features(batch))
+            with pyro.plate(f"{name}_item", self.num_items[name], subsample=indices):
+                with weighted(self.weights.kl_weight):
+                    pyro.sample(
+                        f"reward_{name}", dist.Normal(mu, sigma).mask(batch["valid"]).to_event(self._event_dims(ft))
+                    )
+
+    # -- prediction -------------------------------------------------------------------------------------------------
+    def nuisance_point(self, feedback_type: FeedbackType) -> dict[str, torch.Tensor]:
+        """Nuisance parameters at the guide's mean (transformed), keyed by site."""
+        out = {}
+        for n, loc, _ in self._nuisance_priors(feedback_type):
+            z = pyro.param(f"{feedback_type.site(n)}_z_loc", loc.clone())
+            out[feedback_type.site(n)] = n.transform(z)
+        return out
+
+    def predictive_log_likelihood(self, name: str, batch: Mapping) -> torch.Tensor:
+        """Per-item log-likelihood of ``batch``'s labels at the guide's mean reward and the Q-network: the held-out
+        score used for validation (deterministic, so checkpoint selection is not noisy)."""
+        ft = get_feedback_type(name)
+        mu, _ = self.encoder(self.features(batch))
+        params = ft.params(
+            self.attrs[name], self.nuisance_point(ft), lambda a: torch.as_tensor(a, dtype=torch.get_default_dtype())
+        )
+        return ft.log_likelihood(batch, Latents(reward=mu, q=self.q_network(batch["obs"])), params)
