@@ -78,6 +78,8 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "platform": platform.platform(),
+        # Other work on a shared 2-core box inflates the timings; record how busy it was.
+        "load": " / ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "unknown",
     }
 
 
@@ -119,12 +121,8 @@ def workloads(seed: int) -> list[tuple[str, Callable[[], object]]]:
         )
     )
     out.append(("greedy_policy_for grid_trap", lambda m=trap, r=draws[0]: greedy_policy_for(m, r)))
-    out.append(
-        ("evaluate_reward grid_trap (score, regret, EPIC)", lambda m=trap, r=draws[0]: evaluate_reward(m, r))
-    )
-    out.append(
-        ("epic_distance 10x10, one pair", lambda m=trap, r=draws[0]: epic_distance(m.rewards, r, m.gamma))
-    )
+    out.append(("evaluate_reward grid_trap (score, regret, EPIC)", lambda m=trap, r=draws[0]: evaluate_reward(m, r)))
+    out.append(("epic_distance 10x10, one pair", lambda m=trap, r=draws[0]: epic_distance(m.rewards, r, m.gamma)))
     out.append(
         (
             "epic_distance 10x10, 100 posterior draws (batched)",
@@ -134,9 +132,7 @@ def workloads(seed: int) -> list[tuple[str, Callable[[], object]]]:
     return out
 
 
-def render_section(
-    rows: list[tuple[str, float, int]], info: dict[str, str], repeats: int, command: str
-) -> str:
+def render_section(rows: list[tuple[str, float, int]], info: dict[str, str], repeats: int, command: str) -> str:
     """The Markdown section (header included, trailing blank line) for RESULTS.md."""
     lines = [
         SECTION,
@@ -145,7 +141,8 @@ def render_section(
         "each run repeating the call for at least 50 ms).",
         "",
         f"Machine: {info['nproc']} cores (`nproc`), {info['cpu']}, Python {info['python']},",
-        f"numpy {info['numpy']}, {info['platform']}. Recorded {time.strftime('%Y-%m-%d')}.",
+        f"numpy {info['numpy']}, {info['platform']}. Load average (1/5/15 min) at start: {info['load']}.",
+        f"Recorded {time.strftime('%Y-%m-%d %H:%M')}.",
         "",
         "| workload | median per call | calls per run |",
         "|---|---:|---:|",
@@ -200,16 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args(argv)
     info = machine()
-    print(f"{info['nproc']} cores, {info['cpu']}, Python {info['python']}, numpy {info['numpy']}")
+    print(f"{info['nproc']} cores, {info['cpu']}, Python {info['python']}, numpy {info['numpy']}, load {info['load']}")
     rows = []
     for label, fn in workloads(args.seed):
         seconds, number = time_call(fn, args.repeats)
         rows.append((label, seconds, number))
         print(f"{label:55s} {_fmt(seconds):>12s}  ({number} calls per run)")
     if not args.no_write:
-        command = "python benchmarks/value_iteration.py" + (
-            f" --repeats {args.repeats}" if args.repeats != 7 else ""
-        )
+        command = "python benchmarks/value_iteration.py" + (f" --repeats {args.repeats}" if args.repeats != 7 else "")
         write_section(render_section(rows, info, args.repeats, command))
         print(f"wrote section {SECTION!r} of {RESULTS}")
     return 0

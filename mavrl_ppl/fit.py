@@ -139,7 +139,10 @@ def run(config: dict[str, Any], out: Path, *, progress: bool, allow_unconverged:
             counts = parse_counts(config["feedback"], registered())
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-        feedback = simulate_feedback(TabularTeacher(mdp), counts, np.random.default_rng(config["seed"]))
+        try:
+            feedback = simulate_feedback(TabularTeacher(mdp), counts, np.random.default_rng(config["seed"]))
+        except ValueError as exc:  # e.g. a stop teacher that cannot calibrate lambda on this env
+            raise UsageError(f"cannot simulate feedback on {mdp.name}: {exc}") from None
     if not feedback:
         raise UsageError("no feedback to fit: every count is zero")
 

@@ -102,10 +102,8 @@ class TabularEnv(gymnasium.Env[np.int64, np.int64]):
         if state is None:
             self._state = self._draw(self._initial_cdf, self.np_random.random())
         else:
-            if not self.observation_space.contains(np.int64(state)):
-                raise ValueError(
-                    f"options['state'] must be a state index in [0, {self.mdp.num_states}), got {state!r}"
-                )
+            if not self.observation_space.contains(state):
+                raise ValueError(f"options['state'] must be a state index in [0, {self.mdp.num_states}), got {state!r}")
             self._state = int(state)
         self._elapsed = 0
         return np.int64(self._state), {}
@@ -121,7 +119,7 @@ class TabularEnv(gymnasium.Env[np.int64, np.int64]):
         """
         if self._state is None:
             raise RuntimeError("call reset() before step()")
-        if not self.action_space.contains(np.int64(action)):
+        if not self.action_space.contains(action):  # ints and integer numpy scalars/0-d arrays
             raise ValueError(f"action must be in [0, {self.mdp.num_actions}), got {action!r}")
         a = int(action)
         s = self._state

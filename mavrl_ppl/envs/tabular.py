@@ -114,9 +114,7 @@ def value_iteration(
     return q
 
 
-def policy_evaluation(
-    transitions: np.ndarray, rewards: np.ndarray, gamma: float, policy: np.ndarray
-) -> np.ndarray:
+def policy_evaluation(transitions: np.ndarray, rewards: np.ndarray, gamma: float, policy: np.ndarray) -> np.ndarray:
     """Exact state values ``V^pi`` of a stochastic policy ``pi[s, a]`` by one linear solve."""
     S = transitions.shape[0]
     p_pi = np.einsum("sa,sat->st", policy, transitions)

@@ -169,9 +169,7 @@ def _integer_attr(attrs: Mapping[str, Any], name: str, *, required: bool) -> int
     return int(value)
 
 
-def _check_index(
-    dataset: xr.Dataset, name: str, mask: np.ndarray, upper: int | None, what: str, where: str
-) -> None:
+def _check_index(dataset: xr.Dataset, name: str, mask: np.ndarray, upper: int | None, what: str, where: str) -> None:
     """Raise if ``dataset[name]`` lies outside ``0..upper-1`` (is negative if ``upper`` is None) where
     ``mask`` holds."""
     values = dataset[name].values
@@ -225,7 +223,11 @@ def _check_group(feedback_type: FeedbackType, dataset: xr.Dataset) -> None:
         if name in spec:
             _check_index(dataset, name, valid, num_states, name.replace("_", " "), "a valid step")
 
-    for variable, item, reason in feedback_type.check(dataset):
+    try:
+        problems = list(feedback_type.check(dataset))
+    except Exception as exc:  # a check that trips over data it did not foresee is still bad data, not a crash
+        raise _Problem(None, None, f"the type's own check failed: {exc!r}") from exc
+    for variable, item, reason in problems:
         raise _Problem(variable, None if item is None or int(item) < 0 else int(item), reason)
 
 
@@ -260,7 +262,7 @@ def validate_feedback(feedback: Mapping[str, xr.Dataset], path: str | os.PathLik
         except _Problem as problem:
             raise FeedbackDataError(
                 problem.reason, path=path, group=name, variable=problem.variable, item=problem.item
-            ) from None
+            ) from problem.__cause__
 
 
 # ---------------------------------------------------------------------------------------------- NetCDF I/O
@@ -290,9 +292,7 @@ def _encode_attrs(attrs: Mapping[str, Any], variable: str | None) -> dict[str, A
         elif isinstance(value, np.ndarray | list | tuple):
             array = np.asarray(value)
             if array.dtype.kind not in "biuf":
-                raise _Problem(
-                    owner, None, f"attribute {key!r} has dtype {array.dtype}; NetCDF needs numbers"
-                )
+                raise _Problem(owner, None, f"attribute {key!r} has dtype {array.dtype}; NetCDF needs numbers")
             stored = array.astype(np.int8) if array.dtype == np.bool_ else array
             out[key] = stored.reshape(-1)  # NetCDF attributes are 1-D
             if isinstance(value, np.ndarray):
@@ -374,9 +374,7 @@ def save_feedback(path: str | os.PathLike, feedback: Mapping[str, xr.Dataset]) -
         try:
             prepared[name] = _for_disk(dataset)
         except _Problem as problem:
-            raise FeedbackDataError(
-                problem.reason, path=path, group=name, variable=problem.variable
-            ) from None
+            raise FeedbackDataError(problem.reason, path=path, group=name, variable=problem.variable) from None
     directory, base = os.path.split(os.path.abspath(path))
     temp, fd = _create_temp(directory, base)
     try:
@@ -440,9 +438,7 @@ def load_feedback(path: str | os.PathLike) -> dict[str, xr.Dataset]:
     for name in names:
         try:
             # No time decoding: a float variable with units "seconds" must stay a float, not a timedelta.
-            dataset = xr.load_dataset(
-                path, group=name, engine=_ENGINE, decode_times=False, decode_timedelta=False
-            )
+            dataset = xr.load_dataset(path, group=name, engine=_ENGINE, decode_times=False, decode_timedelta=False)
         except Exception as exc:
             raise FeedbackDataError(f"cannot read the group: {exc}", path=path, group=name) from None
         feedback[name] = _restore(name, dataset)

@@ -78,9 +78,11 @@ def _cutpoint_prior_loc(attrs) -> np.ndarray:
 
 
 def _check(dataset):
-    k = int(dataset.attrs.get("num_categories", 0))
-    if k < 2:
-        return [("rating", -1, f"attribute num_categories must be an integer >= 2, got {k}")]
+    k = dataset.attrs.get("num_categories")
+    if k is None:
+        return [("num_categories", -1, "attribute 'num_categories' is missing")]
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 2:
+        return [("num_categories", -1, f"attribute num_categories must be an integer >= 2, got {k!r}")]
     r = dataset["rating"].values
     bad = np.flatnonzero((r < 0) | (r > k - 1))
     return [("rating", int(i), f"rating {r[i]} is outside 0..{k - 1}") for i in bad]

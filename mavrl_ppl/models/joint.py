@@ -149,8 +149,11 @@ class JointFeedbackModel:
             k = self._event_dims(ft)
             q = self.q_network(batch["obs"])
             next_q = self.q_network(batch["next_obs"])
-            next_value = torch.gather(next_q, -1, batch["next_action"].unsqueeze(-1)).squeeze(-1)
-            td_target = torch.gather(q, -1, batch["action"].unsqueeze(-1)).squeeze(-1) - float(
+            # Padded steps may hold any index (validation checks valid steps only): clamp before gathering.
+            action = batch["action"].clamp(0, self.num_actions - 1).unsqueeze(-1)
+            next_action = batch["next_action"].clamp(0, self.num_actions - 1).unsqueeze(-1)
+            next_value = torch.gather(next_q, -1, next_action).squeeze(-1)
+            td_target = torch.gather(q, -1, action).squeeze(-1) - float(
                 attrs["gamma"]
             ) * torch.where(batch["terminal"], torch.zeros_like(next_value), next_value)
             with pyro.plate(f"{name}_item", self.num_items[name], subsample=indices):

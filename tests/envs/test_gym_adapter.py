@@ -16,9 +16,7 @@ RIGHT, UP, LEFT, DOWN, STAY = range(5)
 @pytest.mark.parametrize("terminate_at_goal", [False, True])
 def test_check_env_passes(render_mode: str | None, terminate_at_goal: bool) -> None:
     # pytest turns every gymnasium checker warning into an error, so passing means no warnings at all.
-    env = TabularEnv(
-        make_grid("trap", 5, p_rand=0.1), render_mode=render_mode, terminate_at_goal=terminate_at_goal
-    )
+    env = TabularEnv(make_grid("trap", 5, p_rand=0.1), render_mode=render_mode, terminate_at_goal=terminate_at_goal)
     check_env(env)
     check_env(TabularEnv(make_chain(4), render_mode=render_mode))
 
@@ -136,9 +134,12 @@ def test_invalid_inputs() -> None:
     with pytest.raises(RuntimeError):
         env.step(0)
     env.reset(seed=0)
-    with pytest.raises(ValueError):
-        env.step(5)
-    with pytest.raises(ValueError):
-        env.reset(options={"state": 9})
+    for bad_action in (5, -1, 1.5):
+        with pytest.raises(ValueError):
+            env.step(bad_action)
+    assert env.step(np.int64(1))[0] in range(9)  # numpy integers are fine (SB3 passes them)
+    for bad_state in (9, 0.5):
+        with pytest.raises(ValueError):
+            env.reset(options={"state": bad_state})
     with pytest.raises(ValueError):
         TabularEnv(make_grid("sparse", 3), render_mode="human")

@@ -181,7 +181,9 @@ MALFORMED = {
     "num_actions zero": (_attr("demo", "num_actions", 0), "demo", "num_actions", None, ">= 1"),
     "num_actions float": (_attr("demo", "num_actions", 5.0), "demo", "num_actions", None, ">= 1"),
     "lambda missing": (_attr("stop", "lambda", None), "stop", "lambda", None, "missing"),
-    "num_categories missing": (_attr("rating", "num_categories", None), "rating", "rating", None, ">= 2"),
+    "num_categories missing": (_attr("rating", "num_categories", None), "rating", "num_categories", None, "missing"),
+    "num_categories text": (_attr("rating", "num_categories", "five"), "rating", "num_categories", None, ">= 2"),
+    "num_categories float": (_attr("rating", "num_categories", 4.7), "rating", "num_categories", None, ">= 2"),
 }
 
 
@@ -232,6 +234,24 @@ def test_empty_group_and_empty_set(fresh):
     raises_at(fresh, "rating", None, None, "no items")
     with pytest.raises(FeedbackDataError, match="no groups"):
         validate_feedback({})
+
+
+def test_a_type_check_that_trips_is_a_data_error(fresh):
+    import dataclasses
+
+    from mavrl_ppl.feedback import get_feedback_type, register
+
+    original = get_feedback_type("rating")
+
+    def crashing_check(dataset):
+        raise ValueError("the check itself broke")
+
+    register(dataclasses.replace(original, check=crashing_check), overwrite=True)
+    try:
+        err = raises_at(fresh, "rating", None, None, "check failed")
+    finally:
+        register(original, overwrite=True)
+    assert isinstance(err.__cause__, ValueError)
 
 
 def test_not_a_dataset(fresh):

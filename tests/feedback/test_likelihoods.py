@@ -66,16 +66,26 @@ def pref_problem(rng, items: int = 5, length: int = 6, beta: float = 1.7):
     valid = _mask(rng, (items, 2, length))
     labels = np.array([1.0, 0.0, 1.0, 0.3, 0.0])[:items]  # hard and soft labels
     batch = {"valid": as_bool(valid), "preference": f64(labels), "beta": beta}
-    return {"ft": PREF, "batch": batch, "latents": {"reward": rng.normal(size=valid.shape)},
-            "params": {"beta": beta}, "valid": valid}
+    return {
+        "ft": PREF,
+        "batch": batch,
+        "latents": {"reward": rng.normal(size=valid.shape)},
+        "params": {"beta": beta},
+        "valid": valid,
+    }
 
 
 def demo_problem(rng, items: int = 4, length: int = 7, beta: float = 2.3):
     valid = _mask(rng, (items, length))
     action = rng.integers(NUM_ACTIONS, size=(items, length))
     batch = {"valid": as_bool(valid), "action": as_int(action), "beta": beta}
-    return {"ft": DEMO, "batch": batch, "latents": {"q": rng.normal(size=(items, length, NUM_ACTIONS))},
-            "params": {"beta": beta}, "valid": valid}
+    return {
+        "ft": DEMO,
+        "batch": batch,
+        "latents": {"q": rng.normal(size=(items, length, NUM_ACTIONS))},
+        "params": {"beta": beta},
+        "valid": valid,
+    }
 
 
 def rating_problem(rng, items: int = 6, length: int = 5, num_categories: int = 5, scale: float = 1.0):
@@ -83,8 +93,13 @@ def rating_problem(rng, items: int = 6, length: int = 5, num_categories: int = 5
     rating = np.arange(items) % num_categories  # every category appears
     batch = {"valid": as_bool(valid), "rating": as_int(rating), "scale": scale}
     z = np.concatenate([[-1.0], np.full(num_categories - 2, np.log(0.8))])  # cutpoints -1, -0.2, 0.6, ...
-    return {"ft": RATING, "batch": batch, "latents": {"reward": rng.normal(size=valid.shape)},
-            "params": {"cutpoints_z": z}, "valid": valid}
+    return {
+        "ft": RATING,
+        "batch": batch,
+        "latents": {"reward": rng.normal(size=valid.shape)},
+        "params": {"cutpoints_z": z},
+        "valid": valid,
+    }
 
 
 def stop_problem(rng, items: int = 5, length: int = 8, lam: float = 0.7, rho: float = 0.5):
@@ -94,8 +109,13 @@ def stop_problem(rng, items: int = 5, length: int = 8, lam: float = 0.7, rho: fl
     action[:, 0] = q[:, 0].argmin(-1)  # regret > 0 from step 0: every hazard is far above the floor
     n_valid = valid.sum(-1)
     stop_time = np.array([-1, 0, *(n_valid[2:] - 1)])[:items]  # censored, first step, last valid step
-    batch = {"valid": as_bool(valid), "action": as_int(action), "stop_time": as_int(stop_time),
-             "lambda": lam, "rho": rho}
+    batch = {
+        "valid": as_bool(valid),
+        "action": as_int(action),
+        "stop_time": as_int(stop_time),
+        "lambda": lam,
+        "rho": rho,
+    }
     return {"ft": STOP, "batch": batch, "latents": {"q": q}, "params": {}, "valid": valid}
 
 
@@ -157,8 +177,7 @@ def test_pref_swapping_sides_and_flipping_label_changes_nothing():
     problem = pref_problem(np.random.default_rng(2))
     before = evaluate(problem)
     reward = problem["latents"]["reward"][:, ::-1].copy()
-    swapped = {"valid": as_bool(problem["valid"][:, ::-1].copy()),
-               "preference": 1.0 - problem["batch"]["preference"]}
+    swapped = {"valid": as_bool(problem["valid"][:, ::-1].copy()), "preference": 1.0 - problem["batch"]["preference"]}
     after = PREF.log_likelihood(swapped, Latents(reward=f64(reward)), {"beta": scalar(1.7)})
     torch.testing.assert_close(after, before, rtol=0, atol=TOL)
 
@@ -268,8 +287,9 @@ def stop_reference(q, action, valid, stop_time, lam, rho):
 def test_stop_matches_loop_reference():
     problem = stop_problem(np.random.default_rng(9))
     b = problem["batch"]
-    expected = stop_reference(problem["latents"]["q"], b["action"].numpy(), problem["valid"],
-                              b["stop_time"].numpy(), b["lambda"], b["rho"])
+    expected = stop_reference(
+        problem["latents"]["q"], b["action"].numpy(), problem["valid"], b["stop_time"].numpy(), b["lambda"], b["rho"]
+    )
     np.testing.assert_allclose(evaluate(problem).numpy(), expected, rtol=TOL, atol=TOL)
 
 
@@ -280,11 +300,15 @@ def test_stop_matches_loop_reference_with_gaps_in_validity():
     action = rng.integers(NUM_ACTIONS, size=(4, 8))
     action[:, 0] = q[:, 0].argmin(-1)
     stop_time = np.array([-1, 1, 3, 5])
-    batch = {"valid": as_bool(valid), "action": as_int(action), "stop_time": as_int(stop_time),
-             "lambda": 0.9, "rho": 0.3}
+    batch = {
+        "valid": as_bool(valid),
+        "action": as_int(action),
+        "stop_time": as_int(stop_time),
+        "lambda": 0.9,
+        "rho": 0.3,
+    }
     got = STOP.log_likelihood(batch, Latents(q=f64(q)), {})
-    np.testing.assert_allclose(got.numpy(), stop_reference(q, action, valid, stop_time, 0.9, 0.3),
-                               rtol=TOL, atol=TOL)
+    np.testing.assert_allclose(got.numpy(), stop_reference(q, action, valid, stop_time, 0.9, 0.3), rtol=TOL, atol=TOL)
 
 
 def test_stop_probabilities_over_all_stop_times_sum_to_one():
@@ -296,8 +320,13 @@ def test_stop_probabilities_over_all_stop_times_sum_to_one():
     action[:, 0] = q[:, 0].argmin(-1)  # C_t > 0 at every valid step: no probability sits on the hazard floor
     logp = {}
     for tau in range(-1, length):
-        batch = {"valid": as_bool(valid), "action": as_int(action), "stop_time": as_int([tau]),
-                 "lambda": 0.8, "rho": 0.5}
+        batch = {
+            "valid": as_bool(valid),
+            "action": as_int(action),
+            "stop_time": as_int([tau]),
+            "lambda": 0.8,
+            "rho": 0.5,
+        }
         logp[tau] = STOP.log_likelihood(batch, Latents(q=f64(q)), {})[0]
     total = sum(torch.exp(v) for v in logp.values())
     torch.testing.assert_close(total, scalar(1.0), rtol=0, atol=TOL)
@@ -310,8 +339,7 @@ def test_stop_at_zero_regret_is_finite_and_unlikely():
     # floors the hazard (a NaN-free gradient for a confident Q-network): the result must be finite and tiny,
     # the gradient finite.
     q = f64([[[1.0, 0.0, -1.0, 0.5]]], grad=True)
-    batch = {"valid": as_bool([[True]]), "action": as_int([[0]]), "stop_time": as_int([0]), "lambda": 1.0,
-             "rho": 0.1}
+    batch = {"valid": as_bool([[True]]), "action": as_int([[0]]), "stop_time": as_int([0]), "lambda": 1.0, "rho": 0.1}
     ll = STOP.log_likelihood(batch, Latents(q=q), {})
     (grad,) = torch.autograd.grad(ll.sum(), q)
     assert torch.isfinite(ll).all() and ll.item() < math.log(1e-6)
@@ -498,8 +526,13 @@ def test_rating_extreme_middle_category_is_finite():
 def test_stop_huge_q_and_lambda():
     q = f64([[[1e4, -1e4], [1e4, -1e4], [0.0, 0.0]]], grad=True)
     for tau in (-1, 0, 1):
-        batch = {"valid": as_bool([[True, True, False]]), "action": as_int([[1, 1, 0]]),
-                 "stop_time": as_int([tau]), "lambda": 1e4, "rho": 0.9}
+        batch = {
+            "valid": as_bool([[True, True, False]]),
+            "action": as_int([[1, 1, 0]]),
+            "stop_time": as_int([tau]),
+            "lambda": 1e4,
+            "rho": 0.9,
+        }
         ll = STOP.log_likelihood(batch, Latents(q=q), {})
         assert_finite_with_finite_grads(ll, [q])
     # C = (2e4, 0.9 * 2e4 + 2e4): survival terms -lambda * C; a stop once the hazard is 1 costs nothing more.
@@ -515,8 +548,7 @@ def test_all_invalid_segments():
     reward = f64([[[nan, 1e300], [np.inf, nan]]], grad=True)
     none = as_bool(np.zeros((1, 2, 2), dtype=bool))
     for y in (1.0, 0.0, 0.4):
-        ll = PREF.log_likelihood({"valid": none, "preference": f64([y])}, Latents(reward=reward),
-                                 {"beta": scalar(1e4)})
+        ll = PREF.log_likelihood({"valid": none, "preference": f64([y])}, Latents(reward=reward), {"beta": scalar(1e4)})
         torch.testing.assert_close(ll, f64([math.log(0.5)]), rtol=0, atol=TOL)
         (grad,) = torch.autograd.grad(ll.sum(), reward)
         assert (grad == 0).all()
@@ -531,8 +563,11 @@ def test_all_invalid_segments():
         total = total + torch.exp(ll)
     torch.testing.assert_close(total, f64([1.0]), rtol=0, atol=TOL)
     expected_bottom = math.log(1.0 / (1.0 + math.exp(0.5)))  # P(k = 0 | u = 0) = sigmoid(theta_1 - 0)
-    ll = RATING.log_likelihood({"valid": as_bool([[False, False]]), "rating": as_int([0])},
-                               Latents(reward=reward), {"cutpoints": ordered_cutpoints(z)})
+    ll = RATING.log_likelihood(
+        {"valid": as_bool([[False, False]]), "rating": as_int([0])},
+        Latents(reward=reward),
+        {"cutpoints": ordered_cutpoints(z)},
+    )
     torch.testing.assert_close(ll, f64([expected_bottom]), rtol=0, atol=TOL)
 
     q = f64(np.full((1, 3, NUM_ACTIONS), nan), grad=True)
