@@ -74,6 +74,8 @@ def one_hot(index: Array, num_classes: int, dtype: Any) -> Array:
 
 
 def pick(values: Array, index: Array) -> Array:
-    """``values[..., index]`` along the last axis, as a masked sum (differentiable in every backend)."""
+    """``values[..., index]`` along the last axis, as a masked sum (differentiable in every backend); a ``where``
+    rather than a product so that -inf at the actions not picked cannot turn into NaN."""
     xp = array_namespace(values)
-    return xp.sum(values * one_hot(index, values.shape[-1], values.dtype), axis=-1)
+    chosen = xp.expand_dims(index, axis=-1) == xp.arange(values.shape[-1])
+    return xp.sum(xp.where(chosen, values, xp.zeros_like(values)), axis=-1)
