@@ -174,8 +174,9 @@ def write_section(section: str, path: Path = RESULTS) -> None:
     text = path.read_text() if path.exists() else "# Benchmark results\n\n"
     # Our section runs from its header to the next level-2 header (or the end of the file).
     pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
+    section = section.rstrip("\n") + "\n\n"  # exactly one blank line before the next section
     if pattern.search(text):
-        new_text = pattern.sub(lambda _: section + "\n", text, count=1)
+        new_text = pattern.sub(lambda _: section, text, count=1)
     else:
         new_text = text.rstrip("\n") + "\n\n" + section
     new_text = new_text.rstrip("\n") + "\n"

@@ -140,8 +140,8 @@ def epic_distance(r1: np.ndarray, r2: np.ndarray, gamma: float) -> float | np.nd
     scale1 = np.sqrt(c1.shape[-1]) * np.max(np.abs(np.asarray(r1, dtype=np.float64)), axis=(-3, -2, -1))
     scale2 = np.sqrt(c2.shape[-1]) * np.max(np.abs(np.asarray(r2, dtype=np.float64)), axis=(-3, -2, -1))
     degenerate = (n1 <= 1e-12 * scale1) | (n2 <= 1e-12 * scale2)
-    # sqrt((1 - rho) / 2) == ||c1/|c1| - c2/|c2||| / 2; the norm form keeps equal rewards at exactly 0 where
-    # 1 - rho would leave ~1e-16 of round-off, amplified by the square root to ~1e-8.
+    # sqrt((1 - rho) / 2) == ||c1/|c1| - c2/|c2||| / 2; the norm form keeps equal rewards at exactly 0, where
+    # 1 - rho keeps ~1e-13 of round-off (10x10 grid) that the square root blows up to ~3e-7.
     with np.errstate(invalid="ignore", divide="ignore"):
         u1 = c1 / n1[..., None]
         u2 = c2 / n2[..., None]
