@@ -16,9 +16,6 @@ workloads are not dominated by timer resolution. Only this script's section of R
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import re
 import shlex
 import statistics
 import sys
@@ -28,64 +25,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from _common import RESULTS, fmt, machine, timed, write_section
 
 from mavrl_ppl.envs import make_tabular, value_iteration
 from mavrl_ppl.feedback import TabularTeacher, load_feedback, save_feedback, simulate_feedback
 
 SECTION = "## Simulation (issue 2)"
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 GRIDS = ("grid_trap", "grid_cliff", "grid_sparse")
 PAPER_COUNTS = {"pref": 64, "demo": 1, "rating": 64, "stop": 256}
 TARGET_SECONDS = 1.0
-
-
-def timed(fn: Callable[[], object], repeats: int, min_seconds: float = 0.05) -> tuple[list[float], int]:
-    """Seconds per call of ``fn`` in each of ``repeats`` runs.
-
-    Args:
-        fn: the workload, called with no arguments.
-        repeats: number of timed runs.
-        min_seconds: each run calls ``fn`` as many times (a power of two) as it takes to last this long.
-
-    Returns:
-        ``(seconds per call of each run, calls per run)``.
-    """
-    fn()  # warm-up: lazy imports and first-call allocations are not what we measure
-    number = 1
-    while True:
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        if time.perf_counter() - start >= min_seconds:
-            break
-        number *= 2
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        runs.append((time.perf_counter() - start) / number)
-    return runs, number
-
-
-def machine() -> dict[str, str]:
-    """Cores available to this process, CPU model, Python/numpy versions and platform."""
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "nproc": str(cores),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-    }
 
 
 def paper_data(name: str, seed: int) -> dict:
@@ -138,14 +86,6 @@ def workloads(seed: int, scratch: Path) -> list[tuple[str, Callable[[], object]]
     return out
 
 
-def _fmt(seconds: float) -> str:
-    if seconds >= 1.0:
-        return f"{seconds:.2f} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.1f} ms"
-    return f"{seconds * 1e6:.0f} us"
-
-
 def render_section(rows: list[tuple[str, list[float], int]], info: dict[str, str], repeats: int, command: str) -> str:
     """The Markdown section (header included) for RESULTS.md.
 
@@ -167,7 +107,7 @@ def render_section(rows: list[tuple[str, list[float], int]], info: dict[str, str
         f"Machine: {info['nproc']} cores (`nproc`), {info['cpu']}, Python {info['python']},",
         f"numpy {info['numpy']}, {info['platform']}. Recorded {time.strftime('%Y-%m-%d')}.",
         "",
-        f"Headline: the full simulation for all three grids takes {_fmt(headline)} (median), which {verdict}",
+        f"Headline: the full simulation for all three grids takes {fmt(headline)} (median), which {verdict}",
         f"the {TARGET_SECONDS:.0f} s target (the reference spends ~24 s simulating one grid's data).",
         "",
         "| workload | median | min | max | calls per run |",
@@ -175,32 +115,8 @@ def render_section(rows: list[tuple[str, list[float], int]], info: dict[str, str
     ]
     for label, runs, number in rows:
         median = statistics.median(runs)
-        lines.append(f"| {label} | {_fmt(median)} | {_fmt(min(runs))} | {_fmt(max(runs))} | {number} |")
+        lines.append(f"| {label} | {fmt(median)} | {fmt(min(runs))} | {fmt(max(runs))} | {number} |")
     return "\n".join(lines) + "\n"
-
-
-def write_section(section: str, path: Path = RESULTS) -> None:
-    """Replace (or append) this script's section of ``path``, keeping every other section as it is.
-
-    The file is read just before writing and replaced atomically, so sections other scripts write survive.
-
-    Args:
-        section: the full section text, starting with :data:`SECTION`.
-        path: the results file.
-    """
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    # Our section runs from its header to the next level-2 header, or to the end of the file.
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    if pattern.search(text):
-        new_text = pattern.sub(lambda _: section + "\n", text, count=1)
-    else:
-        new_text = text.rstrip("\n") + "\n\n" + section
-    new_text = new_text.rstrip("\n") + "\n"
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=".RESULTS.", suffix=".md")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(new_text)
-    os.chmod(temp, 0o644)  # mkstemp creates 0600; a results file is for everyone to read
-    os.replace(temp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -224,11 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         for label, fn in workloads(args.seed, Path(scratch)):
             runs, number = timed(fn, args.repeats)
             rows.append((label, runs, number))
-            print(f"{label:<70} {_fmt(statistics.median(runs)):>10}  ({number} calls per run)", flush=True)
+            print(f"{label:<70} {fmt(statistics.median(runs)):>10}  ({number} calls per run)", flush=True)
     command = "python benchmarks/simulate.py" + "".join(f" {shlex.quote(a)}" for a in (argv or sys.argv[1:]))
     section = render_section(rows, info, args.repeats, command)
     if not args.no_write:
-        write_section(section)
+        write_section(section, SECTION)
         print(f"updated {RESULTS}")
     return 0 if statistics.median(rows[0][1]) < TARGET_SECONDS else 1
 

@@ -13,74 +13,18 @@ own section of RESULTS.md is replaced; other sections are kept as they are.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import re
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
+from _common import RESULTS, fmt, machine, timed, write_section
 
 from mavrl_ppl.analysis import epic_distance, evaluate_reward, greedy_policy_for
 from mavrl_ppl.envs import make_tabular, policy_evaluation, uniform_policy, value_iteration
 
 SECTION = "## Value iteration and metrics (issue 2)"
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-
-
-def time_call(fn: Callable[[], object], repeats: int, min_seconds: float = 0.05) -> tuple[float, int]:
-    """Median seconds per call of ``fn``.
-
-    Args:
-        fn: the workload (called with no arguments).
-        repeats: number of timed runs; the median is reported.
-        min_seconds: each run repeats ``fn`` until it lasts at least this long.
-
-    Returns:
-        ``(median seconds per call, calls per run)``.
-    """
-    fn()  # warm-up: first-call allocations and lazy imports are not what we measure
-    number = 1
-    while True:
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        if time.perf_counter() - start >= min_seconds:
-            break
-        number *= 2
-    runs = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(number):
-            fn()
-        runs.append((time.perf_counter() - start) / number)
-    return statistics.median(runs), number
-
-
-def machine() -> dict[str, str]:
-    """The facts needed to compare timings across machines: cores, CPU model, Python and numpy versions."""
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "nproc": str(cores),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "platform": platform.platform(),
-        # Other work on a shared 2-core box inflates the timings; record how busy it was.
-        "load": " / ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "unknown",
-    }
 
 
 def workloads(seed: int) -> list[tuple[str, Callable[[], object]]]:
@@ -148,42 +92,9 @@ def render_section(rows: list[tuple[str, float, int]], info: dict[str, str], rep
         "|---|---:|---:|",
     ]
     for label, seconds, number in rows:
-        lines.append(f"| {label} | {_fmt(seconds)} | {number} |")
+        lines.append(f"| {label} | {fmt(seconds)} | {number} |")
     lines.append("")
     return "\n".join(lines) + "\n"
-
-
-def _fmt(seconds: float) -> str:
-    if seconds >= 1.0:
-        return f"{seconds:.2f} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds * 1e6:.1f} us"
-
-
-def write_section(section: str, path: Path = RESULTS) -> None:
-    """Replace (or append) this script's section of ``path``, keeping every other section as it is.
-
-    The file is re-read immediately before writing and replaced atomically, so a section another script wrote
-    in the meantime survives.
-
-    Args:
-        section: the full section text, starting with :data:`SECTION`.
-        path: the results file.
-    """
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    # Our section runs from its header to the next level-2 header (or the end of the file).
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    section = section.rstrip("\n") + "\n\n"  # exactly one blank line before the next section
-    if pattern.search(text):
-        new_text = pattern.sub(lambda _: section, text, count=1)
-    else:
-        new_text = text.rstrip("\n") + "\n\n" + section
-    new_text = new_text.rstrip("\n") + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".RESULTS.", suffix=".md")
-    with os.fdopen(fd, "w") as f:
-        f.write(new_text)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,12 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{info['nproc']} cores, {info['cpu']}, Python {info['python']}, numpy {info['numpy']}, load {info['load']}")
     rows = []
     for label, fn in workloads(args.seed):
-        seconds, number = time_call(fn, args.repeats)
+        runs, number = timed(fn, args.repeats)
+        seconds = statistics.median(runs)
         rows.append((label, seconds, number))
-        print(f"{label:55s} {_fmt(seconds):>12s}  ({number} calls per run)")
+        print(f"{label:55s} {fmt(seconds):>12s}  ({number} calls per run)")
     if not args.no_write:
         command = "python benchmarks/value_iteration.py" + (f" --repeats {args.repeats}" if args.repeats != 7 else "")
-        write_section(render_section(rows, info, args.repeats, command))
+        write_section(render_section(rows, info, args.repeats, command), SECTION)
         print(f"wrote section {SECTION!r} of {RESULTS}")
     return 0
 
