@@ -8,6 +8,7 @@ from mavrl_ppl.baselines.mcmc.devices import enable_x64, set_host_devices
 from mavrl_ppl.baselines.mcmc.diagnostics import RHAT_MAX, nuts_diagnostics
 from mavrl_ppl.baselines.mcmc.model import TabularFeedbackModel, make_model
 from mavrl_ppl.baselines.mcmc.planning import optimal_policy, q_star_exact, q_star_sweeps
+from mavrl_ppl.baselines.mcmc.plots import plot_nuts_diagnostics
 from mavrl_ppl.baselines.mcmc.sampler import NutsResult, NutsSettings, run_nuts
 
 enable_x64()
@@ -21,7 +22,7 @@ __all__ = [
     "make_model",
     "nuts_diagnostics",
     "optimal_policy",
-
+    "plot_nuts_diagnostics",
     "q_star_exact",
     "q_star_sweeps",
     "run_nuts",

@@ -29,9 +29,11 @@ import numpyro
 import numpyro.distributions as dist
 
 from mavrl_ppl.baselines.mcmc.planning import (
-    expected_reward_matrix,
+    expected_reward,
+    make_dynamics,
     q_star_exact,
     q_star_sweeps,
+    successor_groups,
     sweeps_for_tolerance,
 )
 from mavrl_ppl.envs.tabular import TabularMDP
@@ -97,18 +99,18 @@ class TabularFeedbackModel:
     def needs_q(self) -> bool:
         return any("q" in term.feedback_type.needs for term in self.terms)
 
-    def q_star(self, r_sa, transitions):
+    def q_star(self, r_sa, dynamics):
         """``Q*(s, a)`` for the expected reward ``r_sa`` under the configured scheme."""
         if self.q_method == "exact":
-            return q_star_exact(r_sa, transitions, self.gamma)
-        return q_star_sweeps(r_sa, transitions, self.gamma, self.num_sweeps)
+            return q_star_exact(r_sa, dynamics, self.gamma)
+        return q_star_sweeps(r_sa, dynamics, self.gamma, self.num_sweeps)
 
     def __call__(self, inputs: Mapping[str, Any]) -> None:
         theta = numpyro.sample("reward", dist.Normal(0.0, 1.0).expand([self.num_groups]).to_event(1))
         q = None
         if self.needs_q:
-            r_sa = jnp.einsum("sag,g->sa", inputs["reward_matrix"], theta)
-            q = self.q_star(r_sa, inputs["transitions"])
+            r_sa = expected_reward(theta, inputs["dynamics"], inputs["successor_groups"])
+            q = self.q_star(r_sa, inputs["dynamics"])
         for term in self.terms:
             ft = term.feedback_type
             arrays = inputs["feedback"][ft.name]
@@ -182,9 +184,10 @@ def make_model(
         q_method=q_method,
         num_sweeps=sweeps_for_tolerance(mdp.gamma, sweep_tol, sweep_reward_bound),
     )
+    dynamics = make_dynamics(mdp.transitions)
     inputs = {
-        "transitions": to_jax(mdp.transitions),
-        "reward_matrix": expected_reward_matrix(mdp.transitions, mdp.reward_groups, mdp.num_groups),
+        "dynamics": dynamics,
+        "successor_groups": successor_groups(dynamics, mdp.reward_groups),
         "feedback": arrays,
     }
     return model, inputs

@@ -5,60 +5,101 @@ Two schemes, both usable inside a NumPyro model:
 - :func:`q_star_sweeps`: ``num_sweeps`` hard-max value-iteration sweeps as a ``lax.scan`` (reverse-differentiable;
   exact only in the limit, error ``<= gamma^K * |Q*|``).
 - :func:`q_star_exact`: ``Q*`` is piecewise linear in the reward: on the region where a policy ``pi`` is greedy,
-  ``Q* = r + gamma P (I - gamma P_pi)^-1 r_pi``. So we find an optimal policy with a forward-only policy iteration on
-  ``stop_gradient(reward)`` (a ``lax.while_loop``, which JAX cannot reverse-differentiate but need not here), then
-  evaluate it with ONE differentiable linear solve. The value is exact (to round-off) and so is the gradient wherever
-  the optimal policy is unique (almost everywhere); at ties it returns the gradient of one optimal policy's region.
+  ``Q* = r + gamma P V_pi`` with ``V_pi = (I - gamma P_pi)^-1 r_pi``. So we find an optimal policy with a forward-only
+  policy iteration on ``stop_gradient(reward)`` (a ``lax.while_loop``, which JAX cannot reverse-differentiate but need
+  not here), then evaluate that policy once more, differentiably. The value is exact (to round-off) and so is the
+  gradient wherever the optimal policy is unique (almost everywhere); at ties it is the gradient of one optimal
+  policy's linear piece.
 
-``benchmarks/RESULTS.md`` (NUTS section) records the measurement that made :func:`q_star_exact` the model's default.
+Dynamics are held sparse (:class:`Dynamics`: the successors of each ``(s, a)`` and their probabilities). A policy is
+evaluated exactly by one dense linear solve, or, when every move is deterministic (the paper grids), by pointer
+doubling: ``V = sum_{t < 2^L} gamma^t r_pi(s_t)`` in ``L`` gather-and-add steps, with ``L`` chosen so that the
+truncated tail ``gamma^(2^L) |V|`` is below float64 round-off. ``benchmarks/RESULTS.md`` (NUTS section) records the
+measurements behind these choices.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 #: Policy iteration keeps the current action unless another beats it by more than this (relative to the value
 #: scale): floating-point ties then cannot make it cycle between equally good policies.
 SWITCH_TOL = 1e-12
 
-#: Value-iteration sweeps (cheap, forward only) before policy iteration: on the 10x10 grids they cut the exact
-#: evaluations from ~10 to 1-3 and the time of :func:`optimal_policy` from 1.0 to 0.5 ms (measured, 2-core CPU).
-WARM_SWEEPS = 50
+#: Value-iteration sweeps (cheap, forward only) before policy iteration starts from their greedy policy.
+WARM_SWEEPS = 20
 
 
-def expected_reward_matrix(transitions, reward_groups, num_groups: int):
-    """``W[s, a, g] = sum_s' P[s, a, s'] [reward_groups[s, a, s'] == g]``, so that ``r(s, a) = W @ theta``.
+class Dynamics(NamedTuple):
+    """Sparse ``P[s, a, s']``: ``P[s, a, successors[s, a, k]] = probs[s, a, k]`` (padding has probability 0).
+
+    Attributes:
+        successors: ``(S, A, K)`` integer next states, ``K`` = the largest number of successors of any ``(s, a)``.
+        probs: ``(S, A, K)`` their probabilities (float64).
+        dense: ``(S, A, S)`` the full array (used by the linear-solve evaluation when ``K > 1``).
+    """
+
+    successors: jax.Array
+    probs: jax.Array
+    dense: jax.Array
+
+    @property
+    def deterministic(self) -> bool:
+        return self.successors.shape[-1] == 1
+
+
+def make_dynamics(transitions: np.ndarray) -> Dynamics:
+    """The sparse form of ``P[s, a, s']`` (numpy in, JAX arrays out)."""
+    transitions = np.asarray(transitions, dtype=np.float64)
+    width = max(1, int((transitions > 0).sum(-1).max()))
+    # The `width` largest entries of each row hold all of its mass; a stable sort keeps ties in state order.
+    order = np.argsort(-transitions, axis=-1, kind="stable")[..., :width]
+    probs = np.take_along_axis(transitions, order, axis=-1)
+    return Dynamics(jnp.asarray(order), jnp.asarray(probs), jnp.asarray(transitions))
+
+
+def successor_groups(dynamics: Dynamics, reward_groups: np.ndarray) -> jax.Array:
+    """``(S, A, K)`` reward-group index of each ``(s, a, successors[s, a, k])`` transition, so that the expected
+    reward is :func:`expected_reward` (a gather: a dense ``(S, A, G)`` product costs ten times more on a CPU)."""
+    S, A, K = dynamics.successors.shape
+    s, a, _ = np.indices((S, A, K))
+    return jnp.asarray(np.asarray(reward_groups)[s, a, np.asarray(dynamics.successors)])
+
+
+def expected_reward(theta, dynamics: Dynamics, groups):
+    """``r(s, a) = sum_s' P[s, a, s'] theta[reward_groups[s, a, s']]`` from group rewards ``theta``.
 
     Args:
-        transitions: ``P[s, a, s']`` (numpy or JAX).
-        reward_groups: ``(S, A, S)`` integer group index of each transition.
-        num_groups: number of reward parameters ``G``.
+        theta: ``(G,)`` group rewards.
+        dynamics: the MDP's :class:`Dynamics`.
+        groups: :func:`successor_groups` of the MDP.
     """
-    one_hot = jax.nn.one_hot(jnp.asarray(reward_groups), num_groups, dtype=jnp.float64)
-    return jnp.einsum("sat,satg->sag", jnp.asarray(transitions, dtype=jnp.float64), one_hot)
+    return jnp.sum(dynamics.probs * theta[groups], axis=-1)
 
 
-def bellman_backup(r_sa, transitions, gamma: float, values):
+def bellman_backup(r_sa, dynamics: Dynamics, gamma: float, values):
     """``Q(s, a) = r(s, a) + gamma * sum_s' P[s, a, s'] V(s')``."""
-    return r_sa + gamma * jnp.einsum("sat,t->sa", transitions, values)
+    return r_sa + gamma * jnp.sum(dynamics.probs * values[dynamics.successors], axis=-1)
 
 
-def q_star_sweeps(r_sa, transitions, gamma: float, num_sweeps: int):
+def q_star_sweeps(r_sa, dynamics: Dynamics, gamma: float, num_sweeps: int):
     """``Q*`` by ``num_sweeps`` value-iteration sweeps from ``Q = 0`` (differentiable through ``lax.scan``).
 
     Args:
         r_sa: expected reward ``r(s, a)``, shape ``(S, A)``.
-        transitions: ``P[s, a, s']``.
+        dynamics: the MDP's :class:`Dynamics`.
         gamma: discount factor.
         num_sweeps: number of Bellman backups; see :func:`sweeps_for_tolerance`.
     """
 
     def sweep(q, _):
-        return bellman_backup(r_sa, transitions, gamma, q.max(-1)), None
+        return bellman_backup(r_sa, dynamics, gamma, q.max(-1)), None
 
     q, _ = lax.scan(sweep, jnp.zeros_like(r_sa), None, length=num_sweeps)
     return q
@@ -70,17 +111,37 @@ def sweeps_for_tolerance(gamma: float, tol: float, reward_bound: float) -> int:
     return max(1, math.ceil(math.log(tol / q_bound) / math.log(gamma)))
 
 
-def policy_values(r_sa, transitions, gamma: float, policy):
-    """Exact ``V^pi`` of a deterministic policy (``policy[s]`` = action) by one linear solve (differentiable in
-    ``r_sa``; the policy is an integer array and carries no gradient)."""
+def doubling_steps(gamma: float) -> int:
+    """``L`` such that ``gamma^(2^L) < 1e-17``: a horizon of ``2^L`` steps leaves a tail below float64 round-off."""
+    if gamma <= 0.0:
+        return 0
+    return max(0, math.ceil(math.log2(math.log(1e-17) / math.log(gamma))))
+
+
+def policy_values(r_sa, dynamics: Dynamics, gamma: float, policy):
+    """Exact ``V^pi`` of a deterministic policy (``policy[s]`` = action), differentiable in ``r_sa`` (the policy is an
+    integer array and carries no gradient).
+
+    Deterministic dynamics: pointer doubling (``acc <- acc + gamma^(2^k) acc[next]``, ``next <- next[next]``);
+    otherwise one dense linear solve ``(I - gamma P_pi) V = r_pi``.
+    """
     S = r_sa.shape[0]
     rows = jnp.arange(S)
-    p_pi = transitions[rows, policy]  # (S, S)
     r_pi = r_sa[rows, policy]
-    return jnp.linalg.solve(jnp.eye(S, dtype=r_sa.dtype) - gamma * p_pi, r_pi)
+    if not dynamics.deterministic:
+        p_pi = dynamics.dense[rows, policy]
+        return jnp.linalg.solve(jnp.eye(S, dtype=r_sa.dtype) - gamma * p_pi, r_pi)
+    nxt = dynamics.successors[rows, policy, 0]
+    acc = r_pi
+    discount = gamma
+    for _ in range(doubling_steps(gamma)):  # unrolled: L <= 16 for gamma <= 0.999
+        acc = acc + discount * acc[nxt]
+        nxt = nxt[nxt]
+        discount = discount * discount
+    return acc
 
 
-def optimal_policy(r_sa, transitions, gamma: float, warm_sweeps: int = WARM_SWEEPS, max_iter: int = 1000):
+def optimal_policy(r_sa, dynamics: Dynamics, gamma: float, warm_sweeps: int = WARM_SWEEPS, max_iter: int = 1000):
     """An optimal deterministic policy by policy iteration (forward only: call it on a stop-gradient reward).
 
     Starts from the greedy policy of ``warm_sweeps`` value-iteration sweeps; each round evaluates the policy exactly
@@ -91,9 +152,10 @@ def optimal_policy(r_sa, transitions, gamma: float, warm_sweeps: int = WARM_SWEE
     Returns:
         ``(policy, rounds)``: the ``(S,)`` integer policy and the number of evaluation rounds used.
     """
+
     def improve(state):
         policy, _, rounds = state
-        q = bellman_backup(r_sa, transitions, gamma, policy_values(r_sa, transitions, gamma, policy))
+        q = bellman_backup(r_sa, dynamics, gamma, policy_values(r_sa, dynamics, gamma, policy))
         current = jnp.take_along_axis(q, policy[:, None], axis=-1)[:, 0]
         tol = SWITCH_TOL * (1.0 + jnp.max(jnp.abs(q)))
         better = q.max(-1) > current + tol
@@ -104,20 +166,21 @@ def optimal_policy(r_sa, transitions, gamma: float, warm_sweeps: int = WARM_SWEE
         _, changed, rounds = state
         return changed & (rounds < max_iter)
 
-    warm = q_star_sweeps(r_sa, transitions, gamma, warm_sweeps) if warm_sweeps > 0 else r_sa
+    warm = q_star_sweeps(r_sa, dynamics, gamma, warm_sweeps) if warm_sweeps > 0 else r_sa
     start = (jnp.argmax(warm, -1), jnp.array(True), jnp.array(0))
     policy, _, rounds = lax.while_loop(not_done, improve, start)
     return policy, rounds
 
 
-def q_star_exact(r_sa, transitions, gamma: float):
+def q_star_exact(r_sa, dynamics: Dynamics, gamma: float, warm_sweeps: int = WARM_SWEEPS):
     """Exact ``Q*`` with an exact gradient almost everywhere (see the module docstring).
 
     Args:
         r_sa: expected reward ``r(s, a)``, shape ``(S, A)``, float64.
-        transitions: ``P[s, a, s']``.
+        dynamics: the MDP's :class:`Dynamics`.
         gamma: discount factor.
+        warm_sweeps: value-iteration sweeps before policy iteration (speed only; the result does not depend on it).
     """
-    policy, _ = optimal_policy(lax.stop_gradient(r_sa), transitions, gamma)
+    policy, _ = optimal_policy(lax.stop_gradient(r_sa), dynamics, gamma, warm_sweeps)
     policy = lax.stop_gradient(policy)
-    return bellman_backup(r_sa, transitions, gamma, policy_values(r_sa, transitions, gamma, policy))
+    return bellman_backup(r_sa, dynamics, gamma, policy_values(r_sa, dynamics, gamma, policy))

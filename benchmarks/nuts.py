@@ -1,0 +1,217 @@
+"""The NUTS reference posterior on the paper grids (issue 4): convergence, score and wall time per seed.
+
+Run from the repository root::
+
+    python benchmarks/nuts.py --seeds 0 --envs grid_cliff,grid_sparse,grid_trap   # one seed per grid
+    python benchmarks/nuts.py --seeds 0-9                                           # the full table
+    python benchmarks/nuts.py --seeds 0 --num-warmup 500 --num-samples 500 --no-write
+
+Each run simulates the paper's fixed allocation (pref 64 / demo 1 / rating 64 / stop 256; 10x10, gamma 0.95) with
+``simulate_feedback(..., np.random.default_rng(seed))``, samples 4 chains x 1000 draws after 1000 warm-up (defaults)
+and scores the posterior-mean reward (greedy policy, exact value under the true reward). Before the runs it times the
+two ``Q*`` schemes of the model (``q_method``). Only this script's section of RESULTS.md is replaced, after every run;
+a ``### Notes`` subsection already in it is kept as written.
+
+Targets (issue 4): R-hat <= 1.01, bulk ESS >= 400 on every parameter, 0 divergences, mean normalised score >= 100 on
+cliff/sparse and >= 95 on trap, <= 60 s wall per run on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import sys
+import time
+from datetime import datetime
+from functools import partial
+
+from mavrl_ppl.baselines.mcmc import NutsSettings, run_nuts, set_host_devices
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """``"0-9"``, ``"0,3,5"`` or a mix (``"0-2,7"``) -> the seeds in order."""
+    seeds: list[int] = []
+    for piece in spec.split(","):
+        first, _, last = piece.strip().partition("-")
+        seeds += list(range(int(first), int(last) + 1)) if last else [int(first)]
+    return seeds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", default="0", help="e.g. 0-9 or 0,1,2 (default 0)")
+    parser.add_argument("--envs", default="grid_cliff,grid_sparse,grid_trap", help="comma-separated grid names")
+    parser.add_argument("--num-chains", type=int, default=4)
+    parser.add_argument("--num-warmup", type=int, default=1000)
+    parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--max-tree-depth", type=int, default=10)
+    parser.add_argument("--target-accept", type=float, default=0.8)
+    parser.add_argument("--devices", type=int, default=None, help="host devices (default: one per core)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args(argv)
+    devices = set_host_devices(args.devices)  # before anything runs on JAX
+
+    import jax
+    import numpy as np
+    import numpyro
+    from _common import RESULTS, machine, write_section
+
+    from mavrl_ppl.analysis.metrics import evaluate_reward
+    from mavrl_ppl.envs import make_tabular
+    from mavrl_ppl.feedback import TabularTeacher, simulate_feedback
+
+    command = "python benchmarks/nuts.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    envs = [e.strip() for e in args.envs.split(",") if e.strip()]
+    seeds = parse_seeds(args.seeds)
+    counts = {"pref": 64, "demo": 1, "rating": 64, "stop": 256}
+    info = {**machine(), "jax": jax.__version__, "numpyro": numpyro.__version__, "devices": str(devices)}
+    q_rows = q_scheme_timings()
+    for row in q_rows:
+        print("Q* scheme", row, flush=True)
+    rows = []
+    for env in envs:
+        for seed in seeds:
+            start = time.perf_counter()
+            mdp = make_tabular(env)
+            feedback = simulate_feedback(TabularTeacher(mdp), counts, np.random.default_rng(seed))
+            settings = NutsSettings(
+                num_chains=args.num_chains,
+                num_warmup=args.num_warmup,
+                num_samples=args.num_samples,
+                max_tree_depth=args.max_tree_depth,
+                target_accept_prob=args.target_accept,
+                seed=seed,
+                progress_bar=False,
+            )
+            result = run_nuts(mdp, feedback, settings)
+            mean = result.idata.posterior["reward"].mean(("chain", "draw")).values.reshape(-1)
+            metrics = evaluate_reward(mdp, mdp.with_group_rewards(mean))
+            stats = result.idata.sample_stats
+            row = {
+                "env": env,
+                "seed": seed,
+                **result.diagnostics,
+                "mean_steps": float(stats["n_steps"].mean()),
+                "score": metrics["normalized_score"],
+                "epic": metrics["epic"],
+                "wall": time.perf_counter() - start,
+            }
+            rows.append(row)
+            print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
+            if not args.no_write:
+                write_section(section(command, info, args, q_rows, rows, RESULTS), SECTION)
+    return 0
+
+
+SECTION = "## NUTS baseline (issue 4)"
+NOTES = "### Notes"
+
+
+def q_scheme_timings() -> list[dict]:
+    """Time value + gradient of ``Q*`` (10x10 grid_trap, gamma 0.95, p_rand 0 and 0.2) for both schemes, and their
+    sup-norm error against numpy value iteration, on 5 standard-normal rewards."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from mavrl_ppl.baselines.mcmc import planning
+    from mavrl_ppl.envs import make_tabular, value_iteration
+
+    out = []
+    for p_rand in (0.0, 0.2):
+        mdp = make_tabular("grid_trap", p_rand=p_rand)
+        dynamics = planning.make_dynamics(mdp.transitions)
+        groups = planning.successor_groups(dynamics, mdp.reward_groups)
+        sweeps = planning.sweeps_for_tolerance(mdp.gamma, 1e-6, 5.0)
+        schemes = {
+            "exact (policy iteration + exact evaluation)": partial(
+                planning.q_star_exact, dynamics=dynamics, gamma=mdp.gamma
+            ),
+            f"sweeps ({sweeps} value-iteration sweeps)": partial(
+                planning.q_star_sweeps, dynamics=dynamics, gamma=mdp.gamma, num_sweeps=sweeps
+            ),
+        }
+        thetas = np.random.default_rng(0).normal(size=(5, mdp.num_groups))
+        for name, q_fn in schemes.items():
+            to_q = partial(_q_of_theta, q_fn=q_fn, dynamics=dynamics, groups=groups)
+            value_and_grad = jax.jit(jax.value_and_grad(lambda t, to_q=to_q: jnp.sum(jnp.sin(to_q(t)))))
+            error = 0.0
+            for theta in thetas:
+                exact = value_iteration(mdp.transitions, theta[mdp.reward_groups], mdp.gamma, tol=1e-13)
+                error = max(error, float(np.abs(np.asarray(to_q(jnp.asarray(theta))) - exact).max()))
+            theta = jnp.asarray(thetas[0])
+            jax.block_until_ready(value_and_grad(theta))
+            times = []
+            for _ in range(5):
+                begin = time.perf_counter()
+                for _ in range(200):
+                    jax.block_until_ready(value_and_grad(theta))
+                times.append((time.perf_counter() - begin) / 200)
+            out.append({"p_rand": p_rand, "scheme": name, "ms": 1e3 * sorted(times)[2], "error": error})
+    return out
+
+
+def _q_of_theta(theta, *, q_fn, dynamics, groups):
+    from mavrl_ppl.baselines.mcmc import planning
+
+    return q_fn(planning.expected_reward(theta, dynamics, groups))
+
+
+def section(command, info, args, q_rows, rows, results_path) -> str:
+    lines = [
+        SECTION,
+        "",
+        f"Command: `{command}`. Settings: {args.num_chains} chains x {args.num_samples} draws after "
+        f"{args.num_warmup} warm-up, max tree depth {args.max_tree_depth}, target accept {args.target_accept}; "
+        "data = paper allocation pref 64 / demo 1 / rating 64 / stop 256, `np.random.default_rng(seed)`; "
+        "score = normalised score of the greedy policy for the posterior-mean reward; wall = data simulation + "
+        "NUTS (compilation included) + log-likelihood + InferenceData.",
+        "",
+        f"Machine: {info['nproc']} cores (`nproc`), {info['cpu']}, Python {info['python']}, jax {info['jax']}, "
+        f"numpyro {info['numpyro']}, {info['devices']} XLA host devices, {info['platform']}. "
+        f"Load average at start: {info['load']}. Recorded {datetime.now():%Y-%m-%d %H:%M}.",
+        "",
+        "Q* inside the model (value and gradient of `sum(sin(Q*))` w.r.t. the 100 state rewards, median of 5 x 200 "
+        "calls; error = sup-norm distance to numpy `value_iteration(tol=1e-13)` over 5 N(0,1) rewards):",
+        "",
+        "| p_rand | scheme | value + gradient | max error |",
+        "|---:|---|---:|---:|",
+        *[f"| {r['p_rand']} | {r['scheme']} | {r['ms']:.3f} ms | {r['error']:.1e} |" for r in q_rows],
+        "",
+        "| env | seed | R-hat max | bulk ESS min | tail ESS min | divergences | max depth | mean steps | step size "
+        "| score | EPIC | wall |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['env']} | {r['seed']} | {r['rhat_max']:.3f} | {r['ess_bulk_min']:.0f} | {r['ess_tail_min']:.0f} "
+            f"| {r['divergences']} | {r['tree_depth_max']} | {r['mean_steps']:.0f} | {r['step_size_mean']:.4f} "
+            f"| {r['score']:.1f} | {r['epic']:.3f} | {r['wall']:.0f} s |"
+        )
+    lines += [
+        "",
+        "Means per env (targets: R-hat <= 1.01, bulk ESS >= 400, 0 divergences, score >= 100 cliff/sparse "
+        "and >= 95 trap, wall <= 60 s):",
+        "",
+        "| env | runs | R-hat max (worst) | bulk ESS min (worst) | runs with divergences | mean score "
+        "| mean EPIC | mean wall |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for env in dict.fromkeys(r["env"] for r in rows):
+        sub = [r for r in rows if r["env"] == env]
+        lines.append(
+            f"| {env} | {len(sub)} | {max(r['rhat_max'] for r in sub):.3f} | "
+            f"{min(r['ess_bulk_min'] for r in sub):.0f} | {sum(r['divergences'] > 0 for r in sub)} | "
+            f"{sum(r['score'] for r in sub) / len(sub):.1f} | {sum(r['epic'] for r in sub) / len(sub):.3f} | "
+            f"{sum(r['wall'] for r in sub) / len(sub):.0f} s |"
+        )
+    text = results_path.read_text() if results_path.exists() else ""
+    kept = re.search(rf"^{re.escape(SECTION)}\n.*?(^{re.escape(NOTES)}\n.*?)(?=^## |\Z)", text, re.M | re.S)
+    if kept:
+        lines += ["", kept.group(1).rstrip("\n")]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Tests of mavrl_ppl.baselines."""
