@@ -40,10 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="python -m mavrl_ppl.fit", description=__doc__.split("\n\n")[0])
     p.add_argument("--inference", choices=["svi", "nuts"], default=None, help="inference method (default svi)")
-    p.add_argument("--env", default=None, help="tabular env name, e.g. grid_trap, grid_cliff, grid_sparse, chain")
+    p.add_argument("--env", default=None, help="env name: tabular (grid_trap, grid_cliff, grid_sparse, chain) or "
+                   "control (CartPole-v1, Acrobot-v1, LunarLander-v3)")
     p.add_argument("--env-size", type=int, default=None, help="grid side / chain length (default: the env's)")
     p.add_argument("--p-rand", type=float, default=None, help="probability of a random move (default 0)")
-    p.add_argument("--feedback", default=None, help=f"simulated counts per type (default {DEFAULT_FEEDBACK})")
+    p.add_argument("--feedback", default=None, help=f"simulated counts per type (default {DEFAULT_FEEDBACK}; "
+                   "control envs: the paper's allocation, e.g. pref=256,demo=4,rating=256,stop=64)")
     p.add_argument("--data", type=Path, default=None, help="fit this feedback.nc instead of simulating")
     p.add_argument("--seed", type=int, default=None, help="seed of the simulation and the inference (default 0)")
     p.add_argument("--out", type=Path, default=None, help="run directory (default runs/<inference>_<env>_seed<seed>)")
@@ -51,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="TOML file of settings; command-line flags win")
     p.add_argument("--allow-unconverged", action="store_true", help="NUTS: exit 0 even if R-hat > 1.01 or divergences")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--plugin", action="append", default=None, metavar="MODULE_OR_FILE",
+                   help="import a module or .py file that registers feedback types (repeatable)")
+    control = p.add_argument_group("control envs (PPO retraining on the learned reward)")
+    control.add_argument("--ppo-timesteps", type=int, default=None, help="PPO steps (default: the env's)")
+    control.add_argument("--eval-episodes", type=int, default=None, help="true-return episodes (default 100)")
     svi = p.add_argument_group("SVI hyper-parameters")
     for f in dataclasses.fields(SVISettings):
         if f.name == "progress_bar":
@@ -67,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     """Defaults < config file < command line; every resolved setting ends up in config.json."""
     config: dict[str, Any] = {"inference": "svi", "env": "grid_trap", "env_size": None, "p_rand": 0.0,
-                              "feedback": DEFAULT_FEEDBACK, "data": None, "seed": 0, "svi": {}, "nuts": {}}
+                              "feedback": None, "data": None, "seed": 0, "svi": {}, "nuts": {}, "plugin": [],
+                              "ppo_timesteps": None, "eval_episodes": 100}
     if args.config is not None:
         try:
             loaded = tomllib.loads(Path(args.config).read_text())
@@ -86,21 +94,53 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
             config[group][name] = value
         else:
             config[key] = str(value) if isinstance(value, Path) else value
+    from mavrl_ppl.envs.control import is_control_env, paper_allocation
+
+    if is_control_env(config["env"]):  # control envs: their own allocation and SVI defaults (experiments.control_fit)
+        from mavrl_ppl.experiments.control_fit import CONTROL_SVI
+
+        config["svi"] = {**CONTROL_SVI, **config["svi"]}
+        if config["feedback"] is None:
+            config["feedback"] = paper_allocation(config["env"])
+    elif config["feedback"] is None:
+        config["feedback"] = DEFAULT_FEEDBACK
     from mavrl_ppl.inference.svi import SVISettings
 
     try:
         svi = SVISettings(**config["svi"])
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise UsageError(f"bad [svi] setting: {exc}") from None
     config["svi"] = dataclasses.asdict(svi)
     config["nuts"] = {name: config["nuts"].get(name, default) for name, (_, default, _) in NUTS_FIELDS.items()}
     return config
 
 
+def load_plugins(names: list[str]) -> None:
+    """Import each plugin (a module name or a path to a .py file); importing it registers its feedback types."""
+    import importlib
+    import importlib.util
+
+    for name in names:
+        try:
+            if name.endswith(".py") or Path(name).is_file():
+                path = Path(name)
+                spec = importlib.util.spec_from_file_location(f"mavrl_plugin_{path.stem}", path)
+                if spec is None or spec.loader is None or not path.is_file():
+                    raise ImportError(f"no such file: {path}")
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[spec.name] = module
+                spec.loader.exec_module(module)
+            else:
+                importlib.import_module(name)
+        except Exception as exc:  # a plugin's own error is the user's input error: report it in one line
+            raise UsageError(f"--plugin {name}: cannot import: {type(exc).__name__}: {exc}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = resolve_config(args)
+        load_plugins(config["plugin"])
         if config["inference"] == "nuts":
             # JAX reads its device count once, at start-up: set it before anything imports JAX.
             from mavrl_ppl.baselines.mcmc import set_host_devices
@@ -117,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(config: dict[str, Any], out: Path, *, progress: bool, allow_unconverged: bool) -> int:
     """Build the env and the data, fit, evaluate, write everything into a temporary directory, then rename it."""
+    from mavrl_ppl.envs.control import is_control_env
+
+    if is_control_env(config["env"]):
+        return _run_control(config, out, progress=progress)
     import numpy as np
 
     from mavrl_ppl.envs.grids import make_tabular
@@ -174,6 +218,38 @@ def run(config: dict[str, Any], out: Path, *, progress: bool, allow_unconverged:
     return 0
 
 
+def _run_control(config: dict[str, Any], out: Path, *, progress: bool) -> int:
+    """Control envs (issue 6): simulate/load, SVI, PPO on the learned reward, true-return evaluation; see
+    :mod:`mavrl_ppl.experiments.control_fit`."""
+    from mavrl_ppl.feedback.data import FeedbackDataError
+
+    if config["inference"] != "svi":
+        raise UsageError(f"--inference {config['inference']} is for tabular envs; {config['env']} needs svi")
+    t_start = time.perf_counter()
+    from mavrl_ppl.experiments.control_fit import ControlDataError, fit_control
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        try:
+            idata, metrics, feedback = fit_control(config, work, progress)
+        except (FeedbackDataError, ControlDataError) as exc:  # bad data, counts or settings: before any fitting
+            raise UsageError(str(exc)) from None
+        metrics["total_seconds"] = time.perf_counter() - t_start
+        idata.attrs["total_seconds"] = metrics["total_seconds"]
+        _write_outputs(work, config, feedback, idata, metrics)
+        if out.exists():
+            shutil.rmtree(out)
+        work.rename(out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    print(json.dumps({k: metrics[k] for k in ("inference", "env", "seed", "mean_return", "normalized_score",
+                                               "ppo_timesteps", "fit_seconds")}), file=sys.stdout)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
 def _check_matches_env(feedback: dict, mdp: Any, path: str) -> None:
     for name, ds in feedback.items():
         if int(ds.attrs["num_actions"]) != mdp.num_actions:
@@ -204,7 +280,8 @@ def _fit_svi(config, mdp, feedback, work: Path, progress: bool):
     settings = SVISettings(**{**config["svi"], "progress_bar": progress})
     torch.set_num_threads(1)  # tiny networks: threads cost more than they give, and one thread is reproducible
     try:
-        result = fit_svi(feedback, settings, seed=config["seed"], checkpoint=work / "checkpoint.pt")
+        result = fit_svi(feedback, settings, seed=config["seed"], checkpoint=work / "checkpoint.pt",
+                         mdp=mdp)
     except TrainingDivergedError as exc:
         raise RuntimeError(str(exc)) from exc
     reward, dims, nuisance = posterior_draws(result.model, one_hot_features(mdp.num_states),

@@ -61,3 +61,95 @@ def plot_loss_curve(elbo: Sequence[float], validation: Sequence[float], validati
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_mean_scatter(
+    mean_a: np.ndarray,
+    lower_a: np.ndarray,
+    upper_a: np.ndarray,
+    mean_b: np.ndarray,
+    lower_b: np.ndarray,
+    upper_b: np.ndarray,
+    labels: Sequence[str],
+    path: Path,
+    *,
+    title: str = "",
+) -> Path:
+    """Posterior means of run B against run A, one point per parameter, with interval error bars and ``y = x``.
+
+    Args:
+        mean_a: run A's posterior means (x axis), one per parameter.
+        lower_a: lower ends of A's intervals (horizontal error bars).
+        upper_a: upper ends of A's intervals.
+        mean_b: run B's posterior means (y axis).
+        lower_b: lower ends of B's intervals (vertical error bars).
+        upper_b: upper ends of B's intervals.
+        labels: axis labels ``(A, B)``.
+        path: PNG to write.
+        title: figure title.
+    """
+    mean_a, lower_a, upper_a, mean_b, lower_b, upper_b = (
+        np.ravel(np.asarray(v, dtype=np.float64)) for v in (mean_a, lower_a, upper_a, mean_b, lower_b, upper_b))
+    fig, ax = plt.subplots(figsize=(5.2, 5.0))
+    xerr = np.stack([mean_a - lower_a, upper_a - mean_a]).clip(min=0.0)
+    yerr = np.stack([mean_b - lower_b, upper_b - mean_b]).clip(min=0.0)
+    ax.errorbar(mean_a, mean_b, xerr=xerr, yerr=yerr, fmt="o", ms=3, lw=0.6, alpha=0.7, capsize=0)
+    ends = np.concatenate([lower_a, upper_a, lower_b, upper_b])
+    ends = ends[np.isfinite(ends)]
+    lo, hi = (float(ends.min()), float(ends.max())) if ends.size else (-1.0, 1.0)
+    ax.plot([lo, hi], [lo, hi], color="k", ls="--", lw=0.8, label="y = x")
+    ax.set_xlabel(str(labels[0]))
+    ax.set_ylabel(str(labels[1]))
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.legend(loc="upper left")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_grouped_bars(
+    groups: Sequence[str],
+    series: Sequence[str],
+    means: np.ndarray,
+    errors: np.ndarray,
+    path: Path,
+    *,
+    ylabels: Sequence[str],
+    title: str = "",
+) -> Path:
+    """Grouped bar charts with error bars: one panel per metric, one group of bars per group, one bar per series.
+
+    Args:
+        groups: group names along the x axis (e.g. envs).
+        series: bar names within a group (e.g. methods), shown in the legend.
+        means: bar heights ``(metric, group, series)``; NaN bars are left out.
+        errors: error-bar half-lengths (e.g. standard errors), same shape; NaN draws no bar.
+        path: PNG to write.
+        ylabels: y-axis label per metric panel.
+        title: figure title.
+    """
+    means = np.asarray(means, dtype=np.float64)
+    errors = np.asarray(errors, dtype=np.float64)
+    if means.shape != (len(ylabels), len(groups), len(series)) or errors.shape != means.shape:
+        raise ValueError(f"means/errors must have shape {(len(ylabels), len(groups), len(series))}, "
+                         f"got {means.shape} / {errors.shape}")
+    fig, axes = plt.subplots(1, len(ylabels), figsize=(1.2 + 1.6 * len(groups) * len(ylabels), 3.8), squeeze=False)
+    width = 0.8 / max(len(series), 1)
+    x = np.arange(len(groups))
+    for ax, label, m, e in zip(axes[0], ylabels, means, errors, strict=True):
+        for j, name in enumerate(series):
+            ax.bar(x + (j - (len(series) - 1) / 2) * width, m[:, j], width, yerr=np.nan_to_num(e[:, j]),
+                   capsize=3, label=name)
+        ax.set_xticks(x, list(groups))
+        ax.set_ylabel(label)
+        ax.axhline(0.0, color="k", lw=0.6)
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -176,7 +176,7 @@ def make_chain(length: int = 5, *, gamma: float = 0.9) -> TabularMDP:
 
 def make_tabular(name: str, *, size: int | None = None, p_rand: float = 0.0, gamma: float | None = None) -> TabularMDP:
     """Build a tabular env by registry name: ``grid_<kind>`` (default 10x10, gamma 0.95) or ``chain``."""
-    if name.startswith("grid_"):
+    if name.startswith("grid_") and name.removeprefix("grid_") in [*GRID_MAPS, "dense"]:
         kind = name.removeprefix("grid_")
         return make_grid(kind, size or 10, p_rand=p_rand, gamma=0.95 if gamma is None else gamma)
     if name == "chain":

@@ -20,6 +20,7 @@ from mavrl_ppl.feedback.data import (
     simulate_feedback,
     validate_feedback,
 )
+from mavrl_ppl.feedback.segments import segment_dataset, segment_means
 from mavrl_ppl.feedback.teachers import TabularTeacher, Teacher
 
 __all__ = [
@@ -40,6 +41,8 @@ __all__ = [
     "register",
     "registered",
     "save_feedback",
+    "segment_dataset",
+    "segment_means",
     "simulate_feedback",
     "stop",
     "unregister",

@@ -180,7 +180,7 @@ def registered() -> dict[str, FeedbackType]:
 
 def batch_from_dataset(feedback_type: FeedbackType, dataset: Any, to_array: Callable[[np.ndarray], Array]) -> dict:
     """The ``batch`` mapping a likelihood reads: every segment/type variable as a backend array plus the attributes."""
-    names = [*SEGMENT_VARIABLES, *feedback_type.variables]
+    names = [*SEGMENT_VARIABLES, *TABULAR_VARIABLES, *feedback_type.variables]
     batch = {name: to_array(np.asarray(dataset[name].values)) for name in names if name in dataset}
     for attr in feedback_type.attrs:
         if attr in dataset.attrs:

@@ -23,6 +23,7 @@ guide's.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -34,6 +35,7 @@ from torch.distributions import constraints
 
 from mavrl_ppl.feedback.base import FeedbackType, Latents, get_feedback_type
 from mavrl_ppl.models.networks import QNetwork, RewardEncoder, transition_features
+from mavrl_ppl.models.planning import ExactPlanner
 
 
 def weighted(weight: float):
@@ -77,12 +79,27 @@ class ModelWeights:
     bellman_scale: float = 0.5
 
 
+#: How the Bellman-consistency target treats the next step: ``Q(s', a')`` at the data's next action (``"data"``, the
+#: reference's SARSA-style target) or ``max_a' Q(s', a')`` (``"max"``, the optimality target the teachers plan with).
+BELLMAN_TARGETS = ("max", "data")
+
+
 class JointFeedbackModel:
     """The Pyro program: ``model(batches)`` and the amortized ``guide(batches)``.
 
     ``batches`` maps type name -> ``(indices, batch)``: the subsample's item indices (a LongTensor) and the type's
     variables for those items as tensors (see :func:`mavrl_ppl.inference.data.to_tensors`), with ``num_items`` the
     full data size.
+
+    Two ways to attach the reward latent to transitions:
+
+    - tied (``state_features`` given; tabular data with ``state`` variables): ONE latent per reward input, i.e. per
+      state (``encoder_input="state"``) or per state-action pair (``"state_action"``): the site ``reward`` on the
+      ``group`` plate, prior ``Normal(0, 1)``, guide ``Normal(mu(x_g), sigma(x_g))`` from the encoder on every
+      group's features. Every visit of a state reads the same latent, as ``R`` is a function of the state; this is
+      the NUTS baseline's model with a Q-network in place of exact planning, so the two posteriors are comparable.
+    - per occurrence (``state_features=None``; e.g. control envs, where no two transitions coincide): one latent per
+      segment step, sites ``reward_<type>`` in the type's item plate, masked by ``valid`` (REFERENCE §1 literally).
 
     Args:
         obs_dim: observation feature size.
@@ -93,6 +110,13 @@ class JointFeedbackModel:
         hidden: hidden width of both networks.
         layers: hidden layers of both networks.
         weights: site scales.
+        state_features: ``(num_states, obs_dim)`` features of every state, for tied latents; ``None`` for latents
+            per occurrence.
+        bellman_target: one of :data:`BELLMAN_TARGETS`.
+        q_horizon_scale: scale the Q-network's output by ``1 / (1 - gamma)`` (see :class:`QNetwork`).
+        planner: exact ``Q*`` of a known tabular MDP (needs tied latents, one per reward group of the MDP): the
+            likelihoods get ``Q*(r)`` of each sampled reward instead of the Q-network's values, and the Bellman term,
+            then identically satisfied, is dropped. This is the NUTS baseline's model; ``None``: the Q-network.
     """
 
     def __init__(
@@ -106,20 +130,60 @@ class JointFeedbackModel:
         hidden: int = 64,
         layers: int = 2,
         weights: ModelWeights | None = None,
+        state_features: torch.Tensor | None = None,
+        bellman_target: str = "max",
+        q_horizon_scale: bool = True,
+        planner: ExactPlanner | None = None,
     ) -> None:
+        if bellman_target not in BELLMAN_TARGETS:
+            raise ValueError(f"bellman_target must be one of {BELLMAN_TARGETS}, got {bellman_target!r}")
         self.num_actions = num_actions
         self.num_items = dict(num_items)
         self.attrs = {name: dict(a) for name, a in attrs.items()}
         self.encoder_input = encoder_input
+        self.bellman_target = bellman_target
         probe = transition_features(
             torch.zeros(1, obs_dim), torch.zeros(1, dtype=torch.long), torch.zeros(1, obs_dim), num_actions,
             encoder_input,
         )
         self.encoder = RewardEncoder(probe.shape[-1], hidden, layers)
-        self.q_network = QNetwork(obs_dim, num_actions, hidden, layers)
+        gammas = {float(a["gamma"]) for a in self.attrs.values()}
+        if len(gammas) != 1:
+            raise ValueError(f"every feedback type must share one discount gamma, got {sorted(gammas)}")
+        self.gamma = gammas.pop()
+        self.q_network = QNetwork(obs_dim, num_actions, hidden, layers,
+                                  output_scale=1.0 / (1.0 - self.gamma) if q_horizon_scale else 1.0)
         self.weights = weights or ModelWeights()
+        self.group_features = None if state_features is None else self._group_features(state_features)
+        self.planner = planner
+        if planner is not None and (self.group_features is None or self.group_features.shape[0] != planner.num_groups):
+            raise ValueError("exact planning needs tied reward latents, one per reward group of the MDP")
 
     # -- pieces shared by model, guide and prediction -------------------------------------------------------------
+    def _group_features(self, state_features: torch.Tensor) -> torch.Tensor:
+        """Encoder input of every reward group: each state, or each (state, action) pair in ``s * A + a`` order."""
+        states = torch.as_tensor(state_features, dtype=torch.get_default_dtype())
+        if self.encoder_input == "state":
+            return states
+        if self.encoder_input == "state_action":
+            A = self.num_actions
+            obs = states.repeat_interleave(A, 0)
+            actions = torch.arange(A).repeat(states.shape[0])
+            return transition_features(obs, actions, obs, A, "state_action")
+        raise ValueError("tied rewards need encoder_input 'state' or 'state_action', not 'transition'")
+
+    def group_index(self, batch: Mapping) -> torch.Tensor:
+        """The reward group of every step (padded steps clamped into range; they are masked anyway)."""
+        num_groups = self.group_features.shape[0]
+        if self.encoder_input == "state":
+            return self._state(batch)
+        return (self._state(batch) * self.num_actions + batch["action"]).clamp(0, num_groups - 1)
+
+    def _state(self, batch: Mapping) -> torch.Tensor:
+        num_states = self.group_features.shape[0] if self.encoder_input == "state" else (
+            self.group_features.shape[0] // self.num_actions)
+        return batch["state"].clamp(0, num_states - 1)
+
     def features(self, batch: Mapping) -> torch.Tensor:
         return transition_features(
             batch["obs"], batch["action"], batch["next_obs"], self.num_actions, self.encoder_input
@@ -133,10 +197,29 @@ class JointFeedbackModel:
             loc = torch.as_tensor(n.loc(self.attrs[feedback_type.name]), dtype=torch.get_default_dtype())
             yield n, loc, torch.full_like(loc, n.scale)
 
+    def _td_target(self, batch: Mapping, q: torch.Tensor, gamma: float) -> torch.Tensor:
+        """``Q(s, a) - gamma * V(s')`` per step, ``V(s') = 0`` after a terminal step (see :data:`BELLMAN_TARGETS`)."""
+        next_q = self.q_network(batch["next_obs"])
+        # Padded steps may hold any index (validation checks valid steps only): clamp before gathering.
+        action = batch["action"].clamp(0, self.num_actions - 1).unsqueeze(-1)
+        if self.bellman_target == "max":
+            next_value = next_q.max(-1).values
+        else:
+            next_action = batch["next_action"].clamp(0, self.num_actions - 1).unsqueeze(-1)
+            next_value = torch.gather(next_q, -1, next_action).squeeze(-1)
+        next_value = torch.where(batch["terminal"], torch.zeros_like(next_value), next_value)
+        return torch.gather(q, -1, action).squeeze(-1) - gamma * next_value
+
     # -- the program ------------------------------------------------------------------------------------------------
     def model(self, batches: Mapping[str, tuple[torch.Tensor, Mapping]]) -> None:
-        pyro.module("q_network", self.q_network)
+        if self.planner is None:
+            pyro.module("q_network", self.q_network)
         w = self.weights
+        tied = None
+        if self.group_features is not None:
+            with pyro.plate("group", self.group_features.shape[0]), weighted(w.kl_weight):
+                tied = pyro.sample("reward", dist.Normal(torch.zeros(self.group_features.shape[0]), 1.0))
+        q_star = None if self.planner is None else self.planner(tied).to(tied.dtype)
         for name, (indices, batch) in batches.items():
             ft = get_feedback_type(name)
             attrs = self.attrs[name]
@@ -147,42 +230,44 @@ class JointFeedbackModel:
             params = ft.params(attrs, sampled, lambda a: torch.as_tensor(a, dtype=torch.get_default_dtype()))
             valid = batch["valid"]
             k = self._event_dims(ft)
-            q = self.q_network(batch["obs"])
-            next_q = self.q_network(batch["next_obs"])
-            # Padded steps may hold any index (validation checks valid steps only): clamp before gathering.
-            action = batch["action"].clamp(0, self.num_actions - 1).unsqueeze(-1)
-            next_action = batch["next_action"].clamp(0, self.num_actions - 1).unsqueeze(-1)
-            next_value = torch.gather(next_q, -1, next_action).squeeze(-1)
-            td_target = torch.gather(q, -1, action).squeeze(-1) - float(
-                attrs["gamma"]
-            ) * torch.where(batch["terminal"], torch.zeros_like(next_value), next_value)
+            q = self.q_network(batch["obs"]) if q_star is None else q_star[self._state(batch)]
             with pyro.plate(f"{name}_item", self.num_items[name], subsample=indices):
-                with weighted(w.kl_weight):
-                    prior = dist.Normal(torch.zeros_like(td_target), 1.0).mask(valid).to_event(k)
-                    reward = pyro.sample(f"reward_{name}", prior)
-                with weighted(w.td_weight):
-                    pyro.sample(
-                        f"bellman_{name}",
-                        dist.Normal(reward, w.bellman_scale).mask(valid).to_event(k),
-                        obs=td_target,
-                    )
+                if tied is None:
+                    with weighted(w.kl_weight):
+                        prior = dist.Normal(torch.zeros(valid.shape), 1.0).mask(valid).to_event(k)
+                        reward = pyro.sample(f"reward_{name}", prior)
+                else:
+                    reward = tied[self.group_index(batch)]
+                if q_star is None:
+                    with weighted(w.td_weight):
+                        pyro.sample(
+                            f"bellman_{name}",
+                            dist.Normal(reward, w.bellman_scale).mask(valid).to_event(k),
+                            obs=self._td_target(batch, q, float(attrs["gamma"])),
+                        )
                 latents = Latents(reward=reward, q=q)
                 pyro.sample(f"obs_{name}", FeedbackLikelihood(ft, batch, latents, params), obs=batch[ft.label])
 
     def guide(self, batches: Mapping[str, tuple[torch.Tensor, Mapping]]) -> None:
         pyro.module("encoder", self.encoder)
+        if self.group_features is not None:
+            mu, sigma = self.encoder(self.group_features)
+            with pyro.plate("group", self.group_features.shape[0]), weighted(self.weights.kl_weight):
+                pyro.sample("reward", dist.Normal(mu, sigma))
         for name, (indices, batch) in batches.items():
             ft = get_feedback_type(name)
             for n, loc, _ in self._nuisance_priors(ft):
                 q_loc = pyro.param(f"{ft.site(n)}_z_loc", loc.clone())
                 q_scale = pyro.param(f"{ft.site(n)}_z_scale", torch.full_like(loc, 0.1), constraints.positive)
                 pyro.sample(f"{ft.site(n)}_z", dist.Normal(q_loc, q_scale).to_event(loc.ndim))
-            mu, sigma = self.encoder(self.features(batch))
-            with pyro.plate(f"{name}_item", self.num_items[name], subsample=indices):
-                with weighted(self.weights.kl_weight):
-                    pyro.sample(
-                        f"reward_{name}", dist.Normal(mu, sigma).mask(batch["valid"]).to_event(self._event_dims(ft))
-                    )
+            if self.group_features is None:
+                mu, sigma = self.encoder(self.features(batch))
+                with pyro.plate(f"{name}_item", self.num_items[name], subsample=indices):
+                    with weighted(self.weights.kl_weight):
+                        pyro.sample(
+                            f"reward_{name}",
+                            dist.Normal(mu, sigma).mask(batch["valid"]).to_event(self._event_dims(ft)),
+                        )
 
     # -- prediction -------------------------------------------------------------------------------------------------
     def nuisance_point(self, feedback_type: FeedbackType) -> dict[str, torch.Tensor]:
@@ -193,12 +278,42 @@ class JointFeedbackModel:
             out[feedback_type.site(n)] = n.transform(z)
         return out
 
-    def predictive_log_likelihood(self, name: str, batch: Mapping) -> torch.Tensor:
-        """Per-item log-likelihood of ``batch``'s labels at the guide's mean reward and the Q-network: the held-out
-        score used for validation (deterministic, so checkpoint selection is not noisy)."""
+    def reward_mean(self, batch: Mapping) -> torch.Tensor:
+        """The guide's mean reward of every step of ``batch``."""
+        if self.group_features is None:
+            return self.encoder(self.features(batch))[0]
+        return self.encoder(self.group_features)[0][self.group_index(batch)]
+
+    def predictive_log_likelihood(self, name: str, batch: Mapping, num_draws: int = 16) -> torch.Tensor:
+        """Per-item posterior-predictive log-likelihood ``log mean_k p(y | r_k)`` of ``batch``'s labels over
+        ``num_draws`` guide draws of the reward (nuisance parameters at the guide's mean): the held-out score used
+        for validation. The draws come from a fixed seed (common random numbers), so the score is a deterministic,
+        smooth function of the parameters and checkpoint selection is not noisy. Scoring at the posterior MEAN
+        instead rewards over-confident models (measured: held-out preference NLL above log 2 at the mean).
+        """
         ft = get_feedback_type(name)
-        mu, _ = self.encoder(self.features(batch))
         params = ft.params(
             self.attrs[name], self.nuisance_point(ft), lambda a: torch.as_tensor(a, dtype=torch.get_default_dtype())
         )
-        return ft.log_likelihood(batch, Latents(reward=mu, q=self.q_network(batch["obs"])), params)
+        generator = torch.Generator().manual_seed(0)
+        if self.group_features is None:
+            mu, sigma = self.encoder(self.features(batch))
+            draws = mu + sigma * torch.randn((num_draws, *mu.shape), generator=generator, dtype=mu.dtype)
+            reward, q = draws, self.q_network(batch["obs"])
+        else:
+            mu, sigma = self.encoder(self.group_features)
+            draws = mu + sigma * torch.randn((num_draws, *mu.shape), generator=generator, dtype=mu.dtype)
+            reward = draws[:, self.group_index(batch)]
+            if self.planner is None:
+                q = self.q_network(batch["obs"])
+            else:
+                q = torch.stack([self.planner(d) for d in draws]).to(mu.dtype)[:, self._state(batch)]
+        log_lik = ft.log_likelihood(batch, Latents(reward=reward, q=q), params)
+        return torch.logsumexp(log_lik, 0) - math.log(num_draws)
+
+    def q_values(self, batch: Mapping) -> torch.Tensor:
+        """Action values at every step of ``batch``: the Q-network's, or ``Q*`` of the guide's mean reward."""
+        if self.planner is None:
+            return self.q_network(batch["obs"])
+        mean = self.encoder(self.group_features)[0]
+        return self.planner(mean).to(mean.dtype)[self._state(batch)]

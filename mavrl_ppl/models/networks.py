@@ -55,11 +55,24 @@ class RewardEncoder(nn.Module):
 
 
 class QNetwork(nn.Module):
-    """``Q_theta(s, .)``: state features -> one value per action."""
+    """``Q_theta(s, .)``: state features -> one value per action.
 
-    def __init__(self, obs_dim: int, num_actions: int, hidden: int = 64, layers: int = 2) -> None:
+    Args:
+        obs_dim: size of the state features.
+        num_actions: number of actions.
+        hidden: hidden width.
+        layers: number of hidden layers.
+        output_scale: the MLP's output is multiplied by this. With ``1 / (1 - gamma)`` (the effective horizon) an
+            O(1) output is a value of the size that O(1) rewards give, so the network need not first grow its last
+            layer by a factor of 20 (gamma 0.95) before the Bellman term and the rewards can agree.
+    """
+
+    def __init__(
+        self, obs_dim: int, num_actions: int, hidden: int = 64, layers: int = 2, output_scale: float = 1.0
+    ) -> None:
         super().__init__()
         self.net = mlp(obs_dim, hidden, layers, num_actions)
+        self.output_scale = float(output_scale)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(obs)
+        return self.output_scale * self.net(obs)

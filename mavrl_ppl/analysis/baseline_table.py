@@ -1,0 +1,712 @@
+"""The baseline table: MAVRL-SVI vs the NUTS reference vs the Post-Hoc average of single-type models, over envs x seeds.
+
+``python -m mavrl_ppl.analysis.baseline_table --envs grid_cliff grid_sparse grid_trap --seeds 0-9 --out DIR``
+
+For every env and seed it runs, as subprocesses of ``python -m mavrl_ppl.fit`` into ``DIR/runs/<run>_<env>_seed<S>``:
+
+* ``svi``: MAVRL-SVI on all feedback types (simulated with the seed at ``--feedback``'s allocation);
+* ``nuts``: NUTS on the SAME data (``--data`` the SVI run's ``feedback.nc``);
+* ``svi-pref``, ``svi-demo``, ``svi-rating``, ``svi-stop``: SVI on one type each, on that type's items of the same data
+  (``DIR/data/<env>_seed<S>/<type>.nc``, cut from the SVI run's file); the average of their posterior means is the
+  Post-Hoc baseline, scored with :func:`~mavrl_ppl.analysis.metrics.evaluate_reward`. Its fit time is the sum of the
+  four fits.
+
+Then it tabulates per env the mean +- standard error over seeds of the normalised score, EPIC and fit seconds per
+method, and the SVI-vs-NUTS agreement (:func:`~mavrl_ppl.analysis.compare.compare_runs`: correlation of the means,
+coverage both ways, mean |difference| in NUTS sds, Wasserstein-1). Writes ``baseline_table.nc`` (xarray),
+``baseline_table.md``, ``baseline_table.tex`` and ``baseline_table.png`` (bars with standard-error whiskers) into
+``DIR``.
+
+Bookkeeping: independent fits run in ``--jobs`` parallel processes; a run directory with ``metrics.json`` is reused (the
+fit command writes atomically, so only finished runs have one); a failed fit is kept in the table as ``failed`` with the
+tail of its stderr (its dependents as ``skipped``), never dropped; a NUTS run that did not converge (exit status 1 with
+``metrics.json``) is kept, counted and flagged ``unconverged``. The Markdown and the NetCDF record the total wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+__all__ = [
+    "METHODS",
+    "FitSpec",
+    "build_table",
+    "parse_seeds",
+    "plan_fits",
+    "subprocess_runner",
+    "table_to_latex",
+    "table_to_markdown",
+]
+
+#: The table's methods, in display order, and their labels.
+METHODS = ("svi", "nuts", "posthoc")
+METHOD_LABELS = {"svi": "MAVRL-SVI", "nuts": "NUTS", "posthoc": "Post-Hoc"}
+SINGLE_TYPES = ("pref", "demo", "rating", "stop")
+DEFAULT_FEEDBACK = "pref=64,demo=1,rating=64,stop=256"  # the paper's fixed allocation on the grids (REFERENCE §3)
+#: Same bound as ``baselines.mcmc.RHAT_MAX`` (not imported: that package imports JAX).
+RHAT_MAX = 1.01
+METRICS = ("normalized_score", "epic", "fit_seconds")
+AGREEMENT = {  # Dataset name -> compare_runs variable (A = SVI, B = NUTS)
+    "correlation": "correlation",
+    "coverage_nuts_in_svi": "coverage_b_in_a",
+    "coverage_svi_in_nuts": "coverage_a_in_b",
+    "mean_abs_diff_sd": "mean_abs_diff_sd",
+    "wasserstein_mean": "wasserstein_mean",
+}
+TAIL_CHARS = 600
+
+#: ``runner(command, stdout_path, stderr_path) -> exit status``; the default runs a subprocess.
+Runner = Callable[[Sequence[str], Path, Path], int]
+
+
+@dataclass(frozen=True)
+class FitSpec:
+    """One fit of the table.
+
+    Attributes:
+        run: ``svi``, ``nuts`` or ``svi-<type>``.
+        env: env name.
+        seed: simulation and inference seed.
+        out: run directory.
+        depends_on: name of the run whose ``feedback.nc`` this fit needs (``None`` for the all-types SVI run).
+        data: feedback file passed as ``--data`` (``None``: simulated from the seed).
+        single_type: the feedback type of a single-type run, else ``None``.
+    """
+
+    run: str
+    env: str
+    seed: int
+    out: Path
+    depends_on: str | None = None
+    data: Path | None = None
+    single_type: str | None = None
+
+    @property
+    def name(self) -> str:
+        """Run-directory name ``<run>_<env>_seed<seed>``."""
+        return self.out.name
+
+
+def parse_seeds(tokens: Sequence[str]) -> list[int]:
+    """``["0-9"]``, ``["0-4,7"]`` or ``["0", "3"]`` -> sorted unique seeds.
+
+    Args:
+        tokens: command-line tokens; each a comma-separated list of integers or inclusive ranges ``a-b``.
+    """
+    seeds: set[int] = set()
+    for token in tokens:
+        for piece in str(token).split(","):
+            piece = piece.strip()
+            if not piece:
+                continue
+            start, sep, stop = piece.partition("-")
+            try:
+                lo, hi = (int(start), int(stop)) if sep else (int(piece), int(piece))
+            except ValueError:
+                raise ValueError(f"bad seed {piece!r}: expected an integer or a range like 0-9") from None
+            if lo < 0 or hi < lo:
+                raise ValueError(f"bad seed range {piece!r}")
+            seeds.update(range(lo, hi + 1))
+    if not seeds:
+        raise ValueError("no seeds given")
+    return sorted(seeds)
+
+
+def _single_types(feedback: str) -> list[str]:
+    """The types with a positive count in a ``--feedback`` spec, in the spec's order."""
+    types = []
+    for piece in feedback.split(","):
+        name, _, count = piece.partition("=")
+        if name.strip() and count.strip() not in ("", "0"):
+            types.append(name.strip())
+    return types
+
+
+def plan_fits(envs: Sequence[str], seeds: Sequence[int], out: Path, *, feedback: str = DEFAULT_FEEDBACK
+              ) -> list[FitSpec]:
+    """Every fit of the table, each all-types SVI run before the runs that need its data.
+
+    Args:
+        envs: env names.
+        seeds: seeds.
+        out: the table's output directory (runs go to ``out/runs``, single-type data to ``out/data``).
+        feedback: the all-types allocation; one single-type run per type with a positive count.
+    """
+    fits = []
+    for env in envs:
+        for seed in seeds:
+            svi = FitSpec("svi", env, seed, out / "runs" / f"svi_{env}_seed{seed}")
+            fits.append(svi)
+            fits.append(FitSpec("nuts", env, seed, out / "runs" / f"nuts_{env}_seed{seed}", depends_on=svi.name,
+                                data=svi.out / "feedback.nc"))
+            for kind in _single_types(feedback):
+                fits.append(FitSpec(f"svi-{kind}", env, seed, out / "runs" / f"svi-{kind}_{env}_seed{seed}",
+                                    depends_on=svi.name, data=out / "data" / f"{env}_seed{seed}" / f"{kind}.nc",
+                                    single_type=kind))
+    return fits
+
+
+def fit_command(spec: FitSpec, *, feedback: str, env_size: int | None, svi_config: Path | None,
+                nuts_config: Path | None) -> list[str]:
+    """The ``python -m mavrl_ppl.fit`` command line of one fit.
+
+    Args:
+        spec: the fit.
+        feedback: ``--feedback`` of the all-types run (ignored by fits given ``--data``).
+        env_size: ``--env-size`` or ``None`` for the env's default.
+        svi_config: TOML settings file for the SVI fits.
+        nuts_config: TOML settings file for the NUTS fits.
+    """
+    inference = "nuts" if spec.run == "nuts" else "svi"
+    cmd = [sys.executable, "-m", "mavrl_ppl.fit", "--inference", inference, "--env", spec.env, "--seed",
+           str(spec.seed), "--out", str(spec.out), "--quiet", "--overwrite"]
+    cmd += ["--data", str(spec.data)] if spec.data is not None else ["--feedback", feedback]
+    if env_size is not None:
+        cmd += ["--env-size", str(env_size)]
+    config = nuts_config if inference == "nuts" else svi_config
+    if config is not None:
+        cmd += ["--config", str(config)]
+    return cmd
+
+
+def subprocess_runner(command: Sequence[str], stdout: Path, stderr: Path) -> int:
+    """Run ``command`` as a subprocess with its output in two files; return its exit status.
+
+    Args:
+        command: argv.
+        stdout: file for its standard output.
+        stderr: file for its standard error.
+    """
+    with open(stdout, "wb") as out, open(stderr, "wb") as err:
+        return subprocess.run(list(command), stdout=out, stderr=err, check=False).returncode
+
+
+def _tail(path: Path, chars: int = TAIL_CHARS) -> str:
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
+    return text if len(text) <= chars else "..." + text[-chars:]
+
+
+def _read_metrics(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _converged(metrics: dict[str, Any]) -> bool:
+    return float(metrics.get("rhat_max", np.inf)) <= RHAT_MAX and int(metrics.get("divergences", 1)) == 0
+
+
+@dataclass
+class _Outcome:
+    status: str  # ok | unconverged | failed | skipped
+    reused: bool = False
+    returncode: int = 0
+    message: str = ""
+
+
+def _outcome(spec: FitSpec, returncode: int | None, stderr: Path | None) -> _Outcome:
+    """Classify a finished (``returncode``) or reused (``None``) fit from its exit status and ``metrics.json``."""
+    metrics = _read_metrics(spec.out)
+    tail = _tail(stderr) if stderr is not None else ""
+    if returncode is None or returncode == 0 or (spec.run == "nuts" and returncode == 1 and metrics is not None):
+        if metrics is None:
+            return _Outcome("failed", returncode=returncode or 0, message=f"exit 0 but no metrics.json. {tail}")
+        flagged = spec.run == "nuts" and not _converged(metrics)
+        note = (f"R-hat max {float(metrics.get('rhat_max', np.nan)):.3f}, "
+                f"{metrics.get('divergences', '?')} divergences" if flagged else "")
+        return _Outcome("unconverged" if flagged else "ok", reused=returncode is None, returncode=returncode or 0,
+                        message=note)
+    return _Outcome("failed", returncode=returncode, message=tail or f"exit status {returncode}, no stderr")
+
+
+def _write_single_type_data(svi_out: Path, specs: Sequence[FitSpec]) -> None:
+    """Cut each single-type run's group out of the all-types run's ``feedback.nc`` (kept if already there)."""
+    from mavrl_ppl.feedback.data import load_feedback, save_feedback
+
+    todo = [s for s in specs if s.single_type is not None and s.data is not None and not s.data.is_file()]
+    if not todo:
+        return
+    feedback = load_feedback(svi_out / "feedback.nc")
+    for spec in todo:
+        spec.data.parent.mkdir(parents=True, exist_ok=True)
+        if spec.single_type not in feedback:
+            raise KeyError(f"{svi_out / 'feedback.nc'} holds no {spec.single_type!r} group")
+        save_feedback(spec.data, {spec.single_type: feedback[spec.single_type]})
+
+
+def run_fits(fits: Sequence[FitSpec], logs: Path, *, jobs: int, runner: Runner, command: Callable[[FitSpec], list[str]],
+             progress: bool = True) -> dict[str, _Outcome]:
+    """Run every fit not already finished, ``jobs`` at a time, each after the run it depends on.
+
+    Args:
+        fits: the plan (:func:`plan_fits`).
+        logs: directory for each fit's stdout/stderr.
+        jobs: parallel fits.
+        runner: runs one command (see :data:`Runner`).
+        command: the command line of a fit.
+        progress: show a tqdm bar over fits.
+
+    Returns:
+        Run name -> outcome, for every fit.
+    """
+    from tqdm.auto import tqdm
+
+    logs.mkdir(parents=True, exist_ok=True)
+    by_name = {f.name: f for f in fits}
+    dependents: dict[str, list[FitSpec]] = {}
+    for f in fits:
+        if f.depends_on is not None:
+            dependents.setdefault(f.depends_on, []).append(f)
+    outcomes: dict[str, _Outcome] = {}
+    for f in fits:
+        if (f.out / "metrics.json").is_file():
+            outcomes[f.name] = _outcome(f, None, None)
+    bar = tqdm(total=len(fits), initial=len(outcomes), desc="fits", unit="fit", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True)
+
+    def ready(f: FitSpec) -> bool:
+        return f.depends_on is None or outcomes.get(f.depends_on, _Outcome("")).status in ("ok", "unconverged")
+
+    def skip(f: FitSpec, why: str) -> None:
+        outcomes[f.name] = _Outcome("skipped", message=why)
+        bar.update(1)
+        for d in dependents.get(f.name, []):
+            if d.name not in outcomes:
+                skip(d, f"not run: {f.name} did not run")
+
+    def prepare(f: FitSpec) -> bool:
+        if f.single_type is None:
+            return True
+        try:
+            _write_single_type_data(by_name[f.depends_on].out, [f])
+        except Exception as exc:
+            outcomes[f.name] = _Outcome("failed", returncode=-1, message=f"cannot write {f.data}: {exc}")
+            bar.update(1)
+            return False
+        return True
+
+    pending = [f for f in fits if f.name not in outcomes]
+    running: dict[Future, FitSpec] = {}
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        while pending or running:
+            launchable = [f for f in pending if ready(f)]
+            for f in launchable:
+                if len(running) >= max(1, jobs):
+                    break
+                pending.remove(f)
+                if not prepare(f):
+                    continue
+                stdout, stderr = logs / f"{f.name}.stdout", logs / f"{f.name}.stderr"
+                running[pool.submit(runner, command(f), stdout, stderr)] = f
+            blocked = [f for f in pending if f.depends_on in outcomes and not ready(f)]
+            for f in blocked:
+                pending.remove(f)
+                why = outcomes[f.depends_on]
+                skip(f, f"not run: {f.depends_on} {why.status}")
+            if not running:
+                if pending and not any(ready(f) for f in pending):  # cannot happen with a valid plan
+                    for f in pending:
+                        skip(f, f"not run: dependency {f.depends_on} not in the plan")
+                    pending = []
+                continue
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                f = running.pop(future)
+                try:
+                    code = int(future.result())
+                except Exception as exc:  # the runner itself failed (e.g. cannot start the interpreter)
+                    outcomes[f.name] = _Outcome("failed", returncode=-1, message=f"runner error: {exc!r}")
+                else:
+                    outcomes[f.name] = _outcome(f, code, logs / f"{f.name}.stderr")
+                bar.update(1)
+                bar.set_postfix_str(f"{f.name}: {outcomes[f.name].status}")
+    bar.close()
+    return outcomes
+
+
+def _posterior_mean(run_dir: Path) -> np.ndarray:
+    """Posterior mean of ``reward`` of a run (reads only the ``posterior`` group of ``posterior.nc``)."""
+    posterior = xr.load_dataset(run_dir / "posterior.nc", group="posterior", engine="h5netcdf")
+    return posterior["reward"].mean(("chain", "draw")).values
+
+
+def _learned_reward(mdp: Any, mean: np.ndarray) -> np.ndarray:
+    """(S, A, S) reward of a posterior mean: per state (grids) or per state-action, ``R(s, a, s') = r(s[, a])``."""
+    if mean.shape == (mdp.num_groups,):
+        return mdp.with_group_rewards(mean)
+    if mean.shape == (mdp.num_states, mdp.num_actions):
+        return np.broadcast_to(mean[:, :, None], mdp.transitions.shape)
+    raise ValueError(f"posterior mean of shape {mean.shape} fits neither {mdp.num_groups} groups nor "
+                     f"({mdp.num_states}, {mdp.num_actions}) state-actions of {mdp.name}")
+
+
+def posthoc_metrics(single_runs: Sequence[Path]) -> dict[str, float]:
+    """Post-Hoc baseline: the average of the single-type runs' posterior means, scored on the true reward.
+
+    Args:
+        single_runs: run directories of the single-type SVI fits (same env, same seed).
+
+    Returns:
+        ``normalized_score``, ``regret``, ``discounted_value``, ``epic`` of the averaged reward and ``fit_seconds``
+        (the sum of the single-type fits' times).
+    """
+    from mavrl_ppl.analysis.metrics import evaluate_reward
+    from mavrl_ppl.envs.grids import make_tabular
+
+    config = json.loads((single_runs[0] / "config.json").read_text())
+    mdp = make_tabular(config["env"], size=config.get("env_size"), p_rand=float(config.get("p_rand", 0.0)))
+    mean = np.mean(np.stack([_posterior_mean(r) for r in single_runs]), axis=0)
+    metrics = evaluate_reward(mdp, _learned_reward(mdp, mean))
+    metrics["fit_seconds"] = float(sum(float(_read_metrics(r)["fit_seconds"]) for r in single_runs))
+    return metrics
+
+
+def _mean_se(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, standard error and count over the last axis, ignoring NaN (SE is NaN below two values)."""
+    n = np.sum(np.isfinite(values), axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        total = np.nansum(values, axis=-1)
+        mean = np.where(n > 0, total / np.maximum(n, 1), np.nan)
+        squares = np.nansum((values - mean[..., None]) ** 2, axis=-1)
+        se = np.where(n > 1, np.sqrt(squares / np.maximum(n - 1, 1)) / np.sqrt(np.maximum(n, 1)), np.nan)
+    return mean, se, n
+
+
+def assemble(fits: Sequence[FitSpec], outcomes: dict[str, _Outcome], envs: Sequence[str], seeds: Sequence[int]
+             ) -> xr.Dataset:
+    """Gather every run's metrics, the Post-Hoc scores and the SVI-vs-NUTS agreement into one Dataset.
+
+    Args:
+        fits: the plan.
+        outcomes: run name -> outcome (:func:`run_fits`).
+        envs: env names (dim ``env``).
+        seeds: seeds (dim ``seed``).
+
+    Returns:
+        Per fit (``env, seed, run``): ``run_status``, ``run_reused``, ``run_message`` and the metrics; per approach
+        (``env, seed, approach``; not ``method``, which ``Dataset.sel`` reserves):
+        ``normalized_score``, ``epic``, ``fit_seconds``, ``status``, ``message``; per pair
+        (``env, seed``): the agreement measures; per ``env, approach``: ``<metric>_mean``, ``<metric>_se``, ``n_ok``;
+        per ``env``: ``<agreement>_mean``/``_se``, ``n_agreement``, ``nuts_unconverged``.
+    """
+    from mavrl_ppl.analysis.compare import RunMismatchError, compare_runs
+
+    runs = list(dict.fromkeys(f.run for f in fits))
+    e_i, s_i = {e: i for i, e in enumerate(envs)}, {s: i for i, s in enumerate(seeds)}
+    shape_runs = (len(envs), len(seeds), len(runs))
+    run_status = np.full(shape_runs, "", dtype=object)
+    run_message = np.full(shape_runs, "", dtype=object)
+    run_reused = np.zeros(shape_runs, dtype=bool)
+    run_metrics = {k: np.full(shape_runs, np.nan) for k in METRICS}
+    index = {}
+    for f in fits:
+        i = (e_i[f.env], s_i[f.seed], runs.index(f.run))
+        index[(f.env, f.seed, f.run)] = f
+        o = outcomes[f.name]
+        run_status[i], run_message[i], run_reused[i] = o.status, o.message, o.reused
+        if o.status in ("ok", "unconverged"):
+            metrics = _read_metrics(f.out) or {}
+            for k in METRICS:
+                run_metrics[k][i] = float(metrics.get(k, np.nan))
+
+    shape = (len(envs), len(seeds), len(METHODS))
+    status = np.full(shape, "", dtype=object)
+    message = np.full(shape, "", dtype=object)
+    method_metrics = {k: np.full(shape, np.nan) for k in METRICS}
+    agreement = {k: np.full(shape[:2], np.nan) for k in AGREEMENT}
+    singles = [r for r in runs if r.startswith("svi-")]
+    for env in envs:
+        for seed in seeds:
+            ie, js = e_i[env], s_i[seed]
+            for m, method in enumerate(("svi", "nuts")):
+                r = runs.index(method)
+                status[ie, js, m], message[ie, js, m] = run_status[ie, js, r], run_message[ie, js, r]
+                for k in METRICS:
+                    method_metrics[k][ie, js, m] = run_metrics[k][ie, js, r]
+            bad = [index[(env, seed, r)].name for r in singles if run_status[ie, js, runs.index(r)] != "ok"]
+            m = METHODS.index("posthoc")
+            if not singles:
+                status[ie, js, m], message[ie, js, m] = "skipped", "no single-type runs planned"
+            elif bad:
+                status[ie, js, m], message[ie, js, m] = "failed", f"single-type run(s) not available: {', '.join(bad)}"
+            else:
+                try:
+                    ph = posthoc_metrics([index[(env, seed, r)].out for r in singles])
+                except Exception as exc:
+                    status[ie, js, m], message[ie, js, m] = "failed", f"Post-Hoc evaluation failed: {exc}"
+                else:
+                    status[ie, js, m] = "ok"
+                    for k in METRICS:
+                        method_metrics[k][ie, js, m] = ph[k]
+            if all(status[ie, js, METHODS.index(x)] in ("ok", "unconverged") for x in ("svi", "nuts")):
+                try:
+                    cmp = compare_runs(index[(env, seed, "svi")].out, index[(env, seed, "nuts")].out)
+                except RunMismatchError as exc:
+                    message[ie, js, METHODS.index("nuts")] += f" [no comparison: {exc}]"
+                else:
+                    for k, source in AGREEMENT.items():
+                        agreement[k][ie, js] = float(cmp[source])
+
+    dims3, dims_runs = ("env", "seed", "approach"), ("env", "seed", "run")
+    data: dict[str, Any] = {
+        "status": (dims3, status.astype(str)),
+        "message": (dims3, message.astype(str)),
+        "run_status": (dims_runs, run_status.astype(str)),
+        "run_message": (dims_runs, run_message.astype(str)),
+        "run_reused": (dims_runs, run_reused),
+    }
+    ok = np.isin(status, ["ok", "unconverged"])
+    for k in METRICS:
+        data[k] = (dims3, method_metrics[k])
+        data[f"run_{k}"] = (dims_runs, run_metrics[k])
+        mean, se, _ = _mean_se(np.moveaxis(np.where(ok, method_metrics[k], np.nan), 1, -1))
+        data[f"{k}_mean"] = (("env", "approach"), mean)
+        data[f"{k}_se"] = (("env", "approach"), se)
+    data["n_ok"] = (("env", "approach"), ok.sum(axis=1))
+    for k, values in agreement.items():
+        data[k] = (("env", "seed"), values)
+        mean, se, _ = _mean_se(values)
+        data[f"{k}_mean"] = ("env", mean)
+        data[f"{k}_se"] = ("env", se)
+    data["n_agreement"] = ("env", np.isfinite(agreement["correlation"]).sum(axis=1))
+    data["nuts_unconverged"] = ("env", (status[:, :, METHODS.index("nuts")] == "unconverged").sum(axis=1))
+    return xr.Dataset(data, coords={"env": list(envs), "seed": list(seeds), "approach": list(METHODS), "run": runs})
+
+
+def _pm(mean: float, se: float, digits: int) -> str:
+    if not np.isfinite(mean):
+        return "n/a"
+    return f"{mean:.{digits}f} ± {se:.{digits}f}" if np.isfinite(se) else f"{mean:.{digits}f} ± n/a"
+
+
+DIGITS = {"normalized_score": 1, "epic": 3, "fit_seconds": 1}
+
+
+def _rows(ds: xr.Dataset) -> tuple[list[list[str]], list[list[str]], list[list[str]]]:
+    """Cells of the method table, the agreement table and the problems list (plain text)."""
+    seeds = ds.sizes["seed"]
+    main, agree, problems = [], [], []
+    for env in ds["env"].values:
+        for method in ds["approach"].values:
+            cell = ds.sel(env=env, approach=method)
+            row = [str(env), METHOD_LABELS.get(str(method), str(method)), f"{int(cell['n_ok'])}/{seeds}"]
+            row += [_pm(float(cell[f"{k}_mean"]), float(cell[f"{k}_se"]), DIGITS[k]) for k in METRICS]
+            main.append(row)
+        e = ds.sel(env=env)
+        agree.append([str(env), f"{int(e['n_agreement'])}/{seeds}",
+                      *[_pm(float(e[f"{k}_mean"]), float(e[f"{k}_se"]), 3) for k in AGREEMENT],
+                      str(int(e["nuts_unconverged"]))])
+    for idx in zip(*np.nonzero(~np.isin(ds["run_status"].values, ["ok"])), strict=True):
+        cell = ds.isel(env=idx[0], seed=idx[1], run=idx[2])
+        problems.append([str(cell["env"].values), str(int(cell["seed"])), str(cell["run"].values),
+                         str(cell["run_status"].values), str(cell["run_message"].values)])
+    return main, agree, problems
+
+
+MAIN_HEADER = ["env", "method", "runs ok", "normalised score (%)", "EPIC", "fit seconds"]
+AGREE_HEADER = ["env", "pairs", "corr. of means", "NUTS mean in SVI 90%", "SVI mean in NUTS 90%",
+                "mean abs. diff. / NUTS sd", "W1 (mean over params)", "NUTS unconverged"]
+
+
+def table_to_markdown(ds: xr.Dataset) -> str:
+    """Markdown tables (method results, SVI-vs-NUTS agreement, unconverged/failed/skipped runs) of :func:`assemble`.
+
+    Args:
+        ds: the table Dataset.
+    """
+    main, agree, problems = _rows(ds)
+
+    def table(header: list[str], rows: list[list[str]]) -> list[str]:
+        clean = [[c.replace("|", "/").replace("\n", " ") for c in r] for r in rows]
+        return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |"
+                                                                                 for r in clean)]
+
+    lines = [f"## Baseline table: mean ± standard error over seeds {_seed_text(ds)}", ""]
+    lines += table(MAIN_HEADER, main)
+    lines += ["", "Post-Hoc = average of the single-type SVI posterior means; its fit time is the sum of the "
+              "single-type fits. Failed runs are excluded from means and counted in 'runs ok'; unconverged NUTS "
+              "runs are included and counted below.", "", "### SVI vs NUTS on the same data", ""]
+    lines += table(AGREE_HEADER, agree)
+    if problems:
+        lines += ["", "### Runs that are not plainly ok", ""]
+        lines += table(["env", "seed", "run", "status", "stderr tail / reason"], problems)
+    if "wall_seconds" in ds.attrs:
+        lines += ["", f"Total wall time of this invocation: {float(ds.attrs['wall_seconds']):.1f} s "
+                  f"({int(ds.attrs.get('fits_run', 0))} fits run, {int(ds.attrs.get('fits_reused', 0))} reused, "
+                  f"{int(ds.attrs.get('jobs', 1))} parallel jobs); the runs' own total_seconds sum to "
+                  f"{float(ds.attrs.get('runs_total_seconds', np.nan)):.1f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def _seed_text(ds: xr.Dataset) -> str:
+    seeds = [int(s) for s in ds["seed"].values]
+    contiguous = seeds == list(range(seeds[0], seeds[-1] + 1))
+    return f"{seeds[0]}-{seeds[-1]}" if contiguous and len(seeds) > 1 else ", ".join(map(str, seeds))
+
+
+def _latex_escape(text: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
+                 ("±", r"$\pm$")):
+        text = text.replace(a, b)
+    return text
+
+
+def table_to_latex(ds: xr.Dataset) -> str:
+    """LaTeX (booktabs) versions of the method table and the agreement table of :func:`assemble`.
+
+    Args:
+        ds: the table Dataset.
+    """
+    main, agree, _ = _rows(ds)
+
+    def tabular(header: list[str], rows: list[list[str]], caption: str) -> list[str]:
+        out = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{" + "l" * 2 + "r" * (len(header) - 2) + "}",
+               r"\toprule", " & ".join(_latex_escape(h) for h in header) + r" \\", r"\midrule"]
+        out += [" & ".join(_latex_escape(c) for c in r) + r" \\" for r in rows]
+        out += [r"\bottomrule", r"\end{tabular}", r"\caption{" + _latex_escape(caption) + "}", r"\end{table}"]
+        return out
+
+    lines = tabular(MAIN_HEADER, main, f"Mean ± standard error over seeds {_seed_text(ds)}.")
+    caption = "Agreement of the SVI posterior with the NUTS posterior on the same data."
+    lines += ["", *tabular(AGREE_HEADER, agree, caption)]
+    return "\n".join(lines) + "\n"
+
+
+def plot_table(ds: xr.Dataset, path: Path) -> Path:
+    """Bar chart of the table: per env and method, mean with standard-error whiskers (score, EPIC, fit seconds).
+
+    Args:
+        ds: the table Dataset.
+        path: PNG to write.
+    """
+    from mavrl_ppl.analysis.plots import plot_grouped_bars
+
+    means = np.stack([ds[f"{k}_mean"].values for k in METRICS])
+    errors = np.stack([ds[f"{k}_se"].values for k in METRICS])
+    return plot_grouped_bars([str(e) for e in ds["env"].values], [METHOD_LABELS[m] for m in ds["approach"].values],
+                             means, errors, path, ylabels=["normalised score (%)", "EPIC distance", "fit seconds"],
+                             title=f"mean ± SE over seeds {_seed_text(ds)}")
+
+
+def build_table(
+    envs: Sequence[str],
+    seeds: Sequence[int],
+    out: Path,
+    *,
+    jobs: int | None = None,
+    feedback: str = DEFAULT_FEEDBACK,
+    env_size: int | None = None,
+    svi_config: Path | None = None,
+    nuts_config: Path | None = None,
+    runner: Runner = subprocess_runner,
+    progress: bool = True,
+) -> xr.Dataset:
+    """Run (or reuse) every fit, assemble the table and write ``baseline_table.{nc,md,tex,png}`` into ``out``.
+
+    Args:
+        envs: tabular env names.
+        seeds: seeds.
+        out: output directory.
+        jobs: parallel fits (default: the number of cores).
+        feedback: all-types allocation ``type=count,...``; each type with a positive count gets a single-type run.
+        env_size: ``--env-size`` of every fit (``None``: the env's default).
+        svi_config: TOML settings for the SVI fits (``--config``).
+        nuts_config: TOML settings for the NUTS fits (``--config``).
+        runner: how to run one command (tests inject a fake).
+        progress: show a progress bar over fits.
+
+    Returns:
+        The table Dataset (also written as ``baseline_table.nc``).
+    """
+    t0 = time.perf_counter()
+    jobs = jobs or os.cpu_count() or 1
+    out = Path(out)
+    fits = plan_fits(envs, seeds, out, feedback=feedback)
+    reused = sum((f.out / "metrics.json").is_file() for f in fits)
+
+    def command(spec: FitSpec) -> list[str]:
+        return fit_command(spec, feedback=feedback, env_size=env_size, svi_config=svi_config, nuts_config=nuts_config)
+
+    outcomes = run_fits(fits, out / "logs", jobs=jobs, runner=runner, command=command, progress=progress)
+    ds = assemble(fits, outcomes, envs, seeds)
+    ds.attrs.update(
+        wall_seconds=time.perf_counter() - t0, fits_total=len(fits), fits_reused=reused,
+        fits_run=sum(not o.reused and o.status not in ("skipped",) for o in outcomes.values()), jobs=int(jobs),
+        feedback=feedback, svi_config=str(svi_config or ""), nuts_config=str(nuts_config or ""),
+        example_fit_command=shlex.join(command(fits[0])) if fits else "",
+    )
+    ds.attrs["runs_total_seconds"] = float(sum(float((_read_metrics(f.out) or {}).get("total_seconds", 0.0))
+                                               for f in fits))
+    if env_size is not None:
+        ds.attrs["env_size"] = int(env_size)
+    out.mkdir(parents=True, exist_ok=True)
+    ds.to_netcdf(out / "baseline_table.nc", engine="h5netcdf")
+    (out / "baseline_table.md").write_text(table_to_markdown(ds))
+    (out / "baseline_table.tex").write_text(table_to_latex(ds))
+    plot_table(ds, out / "baseline_table.png")
+    return ds
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m mavrl_ppl.analysis.baseline_table``."""
+    p = argparse.ArgumentParser(prog="python -m mavrl_ppl.analysis.baseline_table",
+                                description="SVI vs NUTS vs Post-Hoc over envs x seeds (runs python -m mavrl_ppl.fit).")
+    p.add_argument("--envs", nargs="+", default=["grid_cliff", "grid_sparse", "grid_trap"], help="tabular envs")
+    p.add_argument("--seeds", nargs="+", default=["0-9"], help="seeds: ranges and lists, e.g. 0-9 or 0,3,5")
+    p.add_argument("--out", type=Path, required=True, help="output directory (runs/, data/, logs/, tables, figure)")
+    p.add_argument("--jobs", type=int, default=None, help="parallel fits (default: number of cores)")
+    p.add_argument("--feedback", default=DEFAULT_FEEDBACK, help=f"all-types allocation (default {DEFAULT_FEEDBACK})")
+    p.add_argument("--env-size", type=int, default=None, help="grid side for every fit (default: the env's)")
+    p.add_argument("--svi-config", type=Path, default=None, help="TOML settings file for the SVI fits")
+    p.add_argument("--nuts-config", type=Path, default=None, help="TOML settings file for the NUTS fits")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; exit status 0 when the table was written (failed fits are in it), 2 on bad arguments."""
+    args = build_parser().parse_args(argv)
+    try:
+        seeds = parse_seeds(args.seeds)
+        if args.jobs is not None and args.jobs < 1:
+            raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+        for path in (args.svi_config, args.nuts_config):
+            if path is not None and not path.is_file():
+                raise ValueError(f"{path}: no such file")
+        if not _single_types(args.feedback):
+            raise ValueError(f"--feedback {args.feedback!r} requests no feedback")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    svi_config = args.svi_config.resolve() if args.svi_config else None
+    nuts_config = args.nuts_config.resolve() if args.nuts_config else None
+    ds = build_table(args.envs, seeds, args.out, jobs=args.jobs, feedback=args.feedback, env_size=args.env_size,
+                     svi_config=svi_config, nuts_config=nuts_config, progress=not args.quiet)
+    sys.stdout.write(table_to_markdown(ds))
+    print(f"wrote {args.out}/baseline_table.{{nc,md,tex,png}}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

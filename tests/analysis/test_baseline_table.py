@@ -1,0 +1,209 @@
+"""The baseline table on fake run directories (an injected runner): scheduling, reuse, failures, Post-Hoc, tables."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from mavrl_ppl.analysis.baseline_table import build_table, parse_seeds, plan_fits
+from mavrl_ppl.analysis.compare import feedback_digest
+from mavrl_ppl.envs.grids import make_tabular
+from mavrl_ppl.feedback.data import load_feedback
+
+from .test_compare import SIZE, small_feedback, write_run
+
+ENV = "grid_trap"
+SEEDS = [0, 1, 2]
+SINGLE_OFFSET = {"pref": 1.5, "demo": -1.5, "rating": 0.7, "stop": -0.7}  # sums to zero: Post-Hoc mean = truth
+
+
+def svi_score(seed: int) -> float:
+    return 10.0 * seed + 5.0
+
+
+def nuts_score(seed: int) -> float:
+    return 3.0 * seed + 80.0
+
+
+class FakeFit:
+    """Stands in for ``python -m mavrl_ppl.fit``: writes a run directory with known contents, or fails.
+
+    SVI and NUTS posteriors of a seed are the same draws (so they agree perfectly); a single-type run's draws are the
+    true reward plus that type's offset (the four offsets sum to zero)."""
+
+    def __init__(self, *, fail: Sequence[str] = (), unconverged: Sequence[str] = ()) -> None:
+        self.fail, self.unconverged = set(fail), set(unconverged)
+        self.calls: list[str] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, command: Sequence[str], stdout: Path, stderr: Path) -> int:
+        flags = list(command)
+        opt = {flags[i]: flags[i + 1] for i in range(len(flags) - 1) if flags[i].startswith("--")}
+        out, seed, inference = Path(opt["--out"]), int(opt["--seed"]), opt["--inference"]
+        with self.lock:
+            self.calls.append(out.name)
+        assert opt["--env"] == ENV and "--overwrite" in flags and "--quiet" in flags
+        if out.name in self.fail:
+            stderr.write_text("Traceback ...\nRuntimeError: boom: training diverged\n")
+            return 3
+        run = out.name.split("_", 1)[0]
+        feedback = small_feedback(seed)
+        if run.startswith("svi-"):
+            feedback = {run.removeprefix("svi-"): feedback[run.removeprefix("svi-")]}
+        if run != "svi":
+            assert Path(opt["--data"]).is_file()  # the data must exist before the run starts
+        else:
+            assert "--data" not in opt
+        truth = make_tabular(ENV, size=SIZE).group_rewards
+        noise = np.random.default_rng(seed).normal(scale=0.3, size=(1, 50, truth.size))
+        if run.startswith("svi-"):
+            offset = SINGLE_OFFSET[run.removeprefix("svi-")] * np.sign(np.arange(truth.size) - 3.5)
+            draws = truth + offset + noise - noise.mean(axis=1, keepdims=True)  # posterior mean = truth + offset
+            metrics = {"fit_seconds": 1.0}
+        elif inference == "nuts":
+            draws = (truth + noise).reshape(2, 25, -1)
+            metrics = {"normalized_score": nuts_score(seed), "epic": 0.1, "fit_seconds": 100.0,
+                       "rhat_max": 1.3 if out.name in self.unconverged else 1.001, "divergences": 0}
+        else:
+            draws = truth + noise
+            metrics = {"normalized_score": svi_score(seed), "epic": 0.2 + 0.1 * seed, "fit_seconds": 10.0}
+        write_run(out, draws, feedback, inference=inference, seed=seed, metrics=metrics)
+        if run != "svi":  # the run's feedback.nc is the file it was given, as the real fit writes it
+            shutil.copyfile(opt["--data"], out / "feedback.nc")
+        stderr.write_text(f"wrote {out}\n")
+        return 1 if out.name in self.unconverged else 0
+
+
+def _build(out: Path, runner: FakeFit, jobs: int = 2) -> xr.Dataset:
+    """The table on one env, that env selected."""
+    return build_table([ENV], SEEDS, out, jobs=jobs, runner=runner, progress=False).sel(env=ENV)
+
+
+def test_parse_seeds() -> None:
+    assert parse_seeds(["0-3"]) == [0, 1, 2, 3]
+    assert parse_seeds(["0-2,7", "5"]) == [0, 1, 2, 5, 7]
+    with pytest.raises(ValueError, match="bad seed"):
+        parse_seeds(["x"])
+    with pytest.raises(ValueError, match="bad seed range"):
+        parse_seeds(["3-1"])
+
+
+def test_plan_has_six_fits_per_env_and_seed(tmp_path: Path) -> None:
+    fits = plan_fits(["grid_trap", "grid_cliff"], [0, 1], tmp_path)
+    assert len(fits) == 2 * 2 * 6
+    names = {f.name for f in fits}
+    assert "svi_grid_cliff_seed1" in names and "svi-stop_grid_trap_seed0" in names and "nuts_grid_trap_seed1" in names
+    nuts = next(f for f in fits if f.name == "nuts_grid_trap_seed0")
+    assert nuts.depends_on == "svi_grid_trap_seed0" and nuts.data == tmp_path / "runs/svi_grid_trap_seed0/feedback.nc"
+
+
+def test_table_failures_unconverged_posthoc_and_resume(tmp_path: Path) -> None:
+    failing = "svi-rating_grid_trap_seed1"
+    runner = FakeFit(fail=[failing], unconverged=["nuts_grid_trap_seed2"])
+    ds = _build(tmp_path, runner)
+    assert len(runner.calls) == 18 and len(set(runner.calls)) == 18
+
+    st = ds["status"]
+    assert list(st.sel(approach="svi").values) == ["ok"] * 3
+    assert list(st.sel(approach="nuts").values) == ["ok", "ok", "unconverged"]
+    assert list(st.sel(approach="posthoc").values) == ["ok", "failed", "ok"]
+    assert failing in str(ds["message"].sel(seed=1, approach="posthoc").values)
+    assert "boom: training diverged" in str(ds["run_message"].sel(seed=1, run="svi-rating").values)
+    assert "R-hat max 1.300" in str(ds["run_message"].sel(seed=2, run="nuts").values)
+    assert int(ds["nuts_unconverged"]) == 1
+
+    # mean +- SE over seeds from the metrics files; unconverged NUTS kept, failed Post-Hoc left out
+    svi = np.array([svi_score(s) for s in SEEDS])
+    cell = ds.sel(approach="svi")
+    assert float(cell["normalized_score_mean"]) == pytest.approx(svi.mean())
+    assert float(cell["normalized_score_se"]) == pytest.approx(svi.std(ddof=1) / np.sqrt(3))
+    nuts = np.array([nuts_score(s) for s in SEEDS])
+    assert float(ds["normalized_score_mean"].sel(approach="nuts")) == pytest.approx(nuts.mean())
+    assert list(ds["n_ok"].values) == [3, 3, 2]
+
+    # Post-Hoc: the single-type means average to the true reward -> score 100, EPIC 0, fit time = sum of 4 fits
+    posthoc = ds.sel(approach="posthoc", seed=[0, 2])
+    np.testing.assert_allclose(posthoc["normalized_score"].values, 100.0, atol=1e-9)
+    np.testing.assert_allclose(posthoc["epic"].values, 0.0, atol=1e-6)
+    np.testing.assert_allclose(posthoc["fit_seconds"].values, 4.0)
+    assert np.isnan(float(ds["normalized_score"].sel(approach="posthoc", seed=1)))
+
+    # SVI and NUTS posteriors are the same draws: perfect agreement
+    np.testing.assert_allclose(ds["correlation"].values, 1.0, atol=1e-12)
+    np.testing.assert_array_equal(ds["coverage_nuts_in_svi"].values, 1.0)
+    np.testing.assert_array_equal(ds["coverage_svi_in_nuts"].values, 1.0)
+
+    # the single-type runs fitted exactly their group of the all-types data
+    svi_feedback = load_feedback(tmp_path / "runs/svi_grid_trap_seed0/feedback.nc")
+    single = load_feedback(tmp_path / "runs/svi-pref_grid_trap_seed0/feedback.nc")
+    assert list(single) == ["pref"] and feedback_digest(single) == feedback_digest({"pref": svi_feedback["pref"]})
+
+    for suffix in ("nc", "md", "tex", "png"):
+        assert (tmp_path / f"baseline_table.{suffix}").stat().st_size > 0
+    markdown = (tmp_path / "baseline_table.md").read_text()
+    assert "boom: training diverged" in markdown and "unconverged" in markdown and "Total wall time" in markdown
+    assert f"| {ENV} | MAVRL-SVI | 3/3 | {svi.mean():.1f} ± {svi.std(ddof=1) / np.sqrt(3):.1f} |" in markdown
+    assert r"\begin{tabular}" in (tmp_path / "baseline_table.tex").read_text()
+    saved = xr.load_dataset(tmp_path / "baseline_table.nc", engine="h5netcdf").sel(env=ENV)
+    assert list(saved["status"].sel(approach="posthoc").values) == ["ok", "failed", "ok"]
+    assert saved.attrs["wall_seconds"] > 0
+
+    # resume: only the failed fit runs again; then nothing at all
+    again = FakeFit()
+    ds = _build(tmp_path, again)
+    assert again.calls == [failing]
+    assert list(ds["status"].sel(approach="posthoc").values) == ["ok"] * 3
+    assert list(ds["status"].sel(approach="nuts").values) == ["ok", "ok", "unconverged"]  # flag survives reuse
+    assert bool(ds["run_reused"].sel(seed=0, run="svi")) and not bool(ds["run_reused"].sel(seed=1, run="svi-rating"))
+    third = FakeFit(fail=[f"svi_{ENV}_seed{s}" for s in SEEDS])
+    _build(tmp_path, third, jobs=1)
+    assert third.calls == []
+
+
+def test_failed_svi_run_skips_its_dependents(tmp_path: Path) -> None:
+    runner = FakeFit(fail=["svi_grid_trap_seed0"])
+    ds = build_table([ENV], [0, 1], tmp_path, jobs=1, runner=runner, progress=False).sel(env=ENV)
+    assert len(runner.calls) == 1 + 6  # seed 0: only the SVI run; seed 1: all six
+    assert set(ds["run_status"].sel(seed=0).values) == {"failed", "skipped"}
+    assert str(ds["run_status"].sel(seed=0, run="svi").values) == "failed"
+    assert "svi_grid_trap_seed0 failed" in str(ds["run_message"].sel(seed=0, run="nuts").values)
+    assert list(ds["n_ok"].values) == [1, 1, 1]
+    assert np.isnan(float(ds["normalized_score_se"].sel(approach="svi")))  # one seed: no SE
+    assert "n/a" in (tmp_path / "baseline_table.md").read_text()
+
+
+def test_cli_rejects_bad_seeds(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "mavrl_ppl.analysis.baseline_table", "--envs", ENV, "--seeds",
+                             "5-1", "--out", str(tmp_path)], capture_output=True, text=True, check=False, timeout=300)
+    assert result.returncode == 2 and result.stderr.strip() == "error: bad seed range '5-1'"
+
+
+@pytest.mark.slow
+def test_real_table_on_a_small_grid_trap(tmp_path: Path) -> None:
+    """End to end: real SVI, NUTS and single-type fits (tiny settings) through the command line."""
+    (tmp_path / "svi.toml").write_text("[svi]\nmax_steps = 60\nnum_posterior_samples = 100\n")
+    (tmp_path / "nuts.toml").write_text("[nuts]\nnum_warmup = 100\nnum_samples = 100\nnum_chains = 2\n")
+    out = tmp_path / "table"
+    cmd = [sys.executable, "-m", "mavrl_ppl.analysis.baseline_table", "--envs", ENV, "--seeds", "0", "--env-size",
+           "4", "--feedback", "pref=16,demo=1,rating=16,stop=32", "--svi-config", str(tmp_path / "svi.toml"),
+           "--nuts-config", str(tmp_path / "nuts.toml"), "--out", str(out), "--jobs", "2", "--quiet"]
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=3600)
+    assert result.returncode == 0, result.stderr
+    ds = xr.load_dataset(out / "baseline_table.nc", engine="h5netcdf").sel(env=ENV)
+    assert set(ds["run_status"].values.ravel()) <= {"ok", "unconverged"}, ds["run_message"].values
+    assert np.isfinite(ds["normalized_score"].values).all()
+    assert np.isfinite(ds["correlation"].values).all()
+    metrics = json.loads((out / "runs" / f"nuts_{ENV}_seed0" / "metrics.json").read_text())
+    assert float(ds["fit_seconds"].sel(approach="nuts", seed=0)) == pytest.approx(metrics["fit_seconds"])
+    # resume: a second invocation reuses every run
+    again = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600)
+    assert again.returncode == 0 and "0 fits run, 6 reused" in again.stdout

@@ -1,0 +1,87 @@
+"""``python -m mavrl_ppl.fit`` (SVI) end to end: outputs, determinism, ArviZ round trip, bad input (DESIGN §7)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import arviz as az
+import pytest
+
+TINY = ["--env", "grid_trap", "--env-size", "5", "--feedback", "pref=16,demo=1,rating=16,stop=32",
+        "--max-steps", "40", "--num-posterior-samples", "50", "--quiet"]
+OUTPUTS = {"config.json", "feedback.nc", "posterior.nc", "metrics.json", "reward_maps.png", "loss_curve.png"}
+
+
+def fit(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mavrl_ppl.fit", *args], capture_output=True, text=True,
+                          timeout=600, check=False)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fit")
+    runs = [root / "a", root / "b"]
+    for out in runs:
+        done = fit(*TINY, "--seed", "7", "--out", str(out))
+        assert done.returncode == 0, done.stderr
+    return runs
+
+
+def test_a_run_writes_every_output_and_nothing_else(two_runs):
+    assert {p.name for p in two_runs[0].iterdir()} == OUTPUTS
+    assert not [p for p in two_runs[0].parent.iterdir() if p.name.startswith(".")]  # no temporary directory left
+
+
+def test_same_seed_gives_identical_metrics(two_runs):
+    a, b = (json.loads((run / "metrics.json").read_text()) for run in two_runs)
+    timing = {k for k in a if k.endswith("_seconds")}  # wall-clock times differ between any two runs
+    assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+    assert a["seed"] == 7 and a["inference"] == "svi"
+
+
+def test_posterior_opens_in_arviz_and_summarises(two_runs):
+    idata = az.from_netcdf(str(two_runs[0] / "posterior.nc"))
+    assert idata.posterior["reward"].dims == ("chain", "draw", "state")
+    assert idata.posterior["reward"].shape == (1, 50, 25)
+    summary = az.summary(idata, var_names=["reward"], kind="stats")
+    assert len(summary) == 25 and summary["sd"].gt(0).all()
+    assert idata.attrs["inference"] == "svi"
+    assert "obs_pref" in idata.observed_data
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--env", "grid_nowhere"], "grid_nowhere"),
+        (["--feedback", "pref=-3"], "pref"),
+        (["--feedback", "gossip=4"], "gossip"),
+        (["--q-model", "oracle"], "q_model"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, message):
+    out = tmp_path / "run"
+    done = fit(*TINY, *args, "--out", str(out))
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_bad_data_file_exits_2(tmp_path):
+    bogus = tmp_path / "feedback.nc"
+    bogus.write_text("not netcdf")
+    done = fit("--data", str(bogus), "--out", str(tmp_path / "run"), "--quiet")
+    assert done.returncode == 2 and str(bogus) in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_svi_run_does_not_import_jax(tmp_path):
+    probe = ("import runpy, sys; sys.argv = ['fit', *sys.argv[1:]]\n"
+             "try:\n    runpy.run_module('mavrl_ppl.fit', run_name='__main__')\nexcept SystemExit as e:\n"
+             "    assert e.code == 0, e.code\n"
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'numpyro')))")
+    done = subprocess.run([sys.executable, "-c", probe, *TINY, "--out", str(tmp_path / "r")], capture_output=True,
+                          text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
