@@ -9,6 +9,7 @@ With no arguments: SVI on grid_trap with simulated feedback at the paper's fixed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -190,24 +192,14 @@ def run(config: dict[str, Any], out: Path, *, progress: bool, allow_unconverged:
     if not feedback:
         raise UsageError("no feedback to fit: every count is zero")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with _atomic_run_dir(out) as work:
         if config["inference"] == "svi":
             idata, extra_metrics, converged = _fit_svi(config, mdp, feedback, work, progress)
         else:
             idata, extra_metrics, converged = _fit_nuts(config, mdp, feedback, work, progress)
         metrics = _tabular_metrics(config, mdp, idata, work)
         metrics.update(extra_metrics)
-        metrics["total_seconds"] = time.perf_counter() - t_start
-        idata.attrs["total_seconds"] = metrics["total_seconds"]
-        _write_outputs(work, config, feedback, idata, metrics)
-        if out.exists():
-            shutil.rmtree(out)
-        work.rename(out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        _write_outputs(work, config, feedback, idata, metrics, t_start)
     print(json.dumps({k: metrics[k] for k in ("inference", "env", "seed", "normalized_score", "epic",
                                                "fit_seconds")}), file=sys.stdout)
     print(f"wrote {out}", file=sys.stderr)
@@ -228,22 +220,12 @@ def _run_control(config: dict[str, Any], out: Path, *, progress: bool) -> int:
     t_start = time.perf_counter()
     from mavrl_ppl.experiments.control_fit import ControlDataError, fit_control
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with _atomic_run_dir(out) as work:
         try:
             idata, metrics, feedback = fit_control(config, work, progress)
         except (FeedbackDataError, ControlDataError) as exc:  # bad data, counts or settings: before any fitting
             raise UsageError(str(exc)) from None
-        metrics["total_seconds"] = time.perf_counter() - t_start
-        idata.attrs["total_seconds"] = metrics["total_seconds"]
-        _write_outputs(work, config, feedback, idata, metrics)
-        if out.exists():
-            shutil.rmtree(out)
-        work.rename(out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        _write_outputs(work, config, feedback, idata, metrics, t_start)
     print(json.dumps({k: metrics[k] for k in ("inference", "env", "seed", "mean_return", "normalized_score",
                                                "ppo_timesteps", "fit_seconds")}), file=sys.stdout)
     print(f"wrote {out}", file=sys.stderr)
@@ -340,8 +322,26 @@ def _tabular_metrics(config, mdp, idata, work: Path) -> dict[str, Any]:
     return metrics
 
 
-def _write_outputs(work: Path, config, feedback, idata, metrics) -> None:
+@contextlib.contextmanager
+def _atomic_run_dir(out: Path) -> Iterator[Path]:
+    """A temporary directory beside ``out``, renamed to ``out`` if the block succeeds, removed if it fails."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield work
+        if out.exists():
+            shutil.rmtree(out)
+        work.rename(out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _write_outputs(work: Path, config, feedback, idata, metrics, t_start: float) -> None:
     from mavrl_ppl.feedback.data import save_feedback
+
+    metrics["total_seconds"] = time.perf_counter() - t_start
+    idata.attrs["total_seconds"] = metrics["total_seconds"]
 
     (work / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     save_feedback(work / "feedback.nc", feedback)
