@@ -73,6 +73,28 @@ def command_runs(repeats: int) -> list[dict]:
     return rows
 
 
+def time_command(repeats: int) -> None:
+    """Whole-command wall time, fit time and peak memory of the default fit, in its own RESULTS.md section."""
+    info = machine()
+    cmd = command_runs(repeats)
+    header = "## SVI default command timing (issue 3)"
+    text = "\n".join([
+        header, "",
+        f"Command: `python benchmarks/svi.py --only-command --command-runs {repeats}`: `python -m mavrl_ppl.fit "
+        "--quiet` (SVI, grid_trap, paper allocation, seed 0) in a fresh interpreter each time.", "",
+        f"Machine: {info['nproc']} cores, {info['cpu']}, Python {info['python']}. Load average at start: "
+        f"{info['load']}; at end: {machine()['load']}. Recorded {datetime.now():%Y-%m-%d %H:%M}.", "",
+        "| run | command wall | fit | peak RSS | score |", "|---:|---:|---:|---:|---:|",
+        *(f"| {i} | {c['wall']:.1f} s | {c['fit']:.1f} s | {c['peak_mb']:.0f} MB | {c['score']:.1f} |"
+          for i, c in enumerate(cmd)),
+        "", f"Median: command {np.median([c['wall'] for c in cmd]):.1f} s, "
+        f"fit {np.median([c['fit'] for c in cmd]):.1f} s "
+        "(targets: fit <= 5 s, command <= 15 s, peak memory <= 1.5 GB).",
+    ]) + "\n"
+    write_section(text, header)
+    print(text)
+
+
 def mean_se(values: list[float]) -> str:
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
@@ -97,7 +119,12 @@ def main() -> None:
     parser.add_argument("--q-model", default="planner")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--command-runs", type=int, default=3)
+    parser.add_argument("--only-command", action="store_true",
+                        help="only time the default command (its own section), e.g. again on an idle machine")
     args = parser.parse_args()
+    if args.only_command:
+        time_command(args.command_runs or 5)
+        return
     seeds, envs, cells = parse_seeds(args.seeds), args.envs.split(","), args.cells.split(",")
     info = machine()
     t0 = time.perf_counter()
