@@ -158,6 +158,16 @@ def _q_of_theta(theta, *, q_fn, dynamics, groups):
     return q_fn(planning.expected_reward(theta, dynamics, groups))
 
 
+def mean_se(values: list[float], digits: int) -> str:
+    """``"mean ± standard error"`` (sample sd / sqrt(n)); just the mean for a single value."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return f"{mean:.{digits}f}"
+    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
+    return f"{mean:.{digits}f} ± {sd / n**0.5:.{digits}f}"
+
+
 def section(command, info, args, q_rows, rows, results_path) -> str:
     lines = [
         SECTION,
@@ -191,20 +201,20 @@ def section(command, info, args, q_rows, rows, results_path) -> str:
         )
     lines += [
         "",
-        "Means per env (targets: R-hat <= 1.01, bulk ESS >= 400, 0 divergences, score >= 100 cliff/sparse "
-        "and >= 95 trap, wall <= 60 s):",
+        "Per env: mean ± standard error over the seeds (targets: R-hat <= 1.01, bulk ESS >= 400, 0 divergences, "
+        "score >= 100 cliff/sparse and >= 95 trap, wall <= 60 s):",
         "",
-        "| env | runs | R-hat max (worst) | bulk ESS min (worst) | runs with divergences | mean score "
-        "| mean EPIC | mean wall |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| env | runs | R-hat max (worst) | bulk ESS min (worst) | runs with divergences | divergences | score "
+        "| EPIC | wall |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for env in dict.fromkeys(r["env"] for r in rows):
         sub = [r for r in rows if r["env"] == env]
         lines.append(
             f"| {env} | {len(sub)} | {max(r['rhat_max'] for r in sub):.3f} | "
             f"{min(r['ess_bulk_min'] for r in sub):.0f} | {sum(r['divergences'] > 0 for r in sub)} | "
-            f"{sum(r['score'] for r in sub) / len(sub):.1f} | {sum(r['epic'] for r in sub) / len(sub):.3f} | "
-            f"{sum(r['wall'] for r in sub) / len(sub):.0f} s |"
+            f"{mean_se([r['divergences'] for r in sub], 1)} | {mean_se([r['score'] for r in sub], 1)} | "
+            f"{mean_se([r['epic'] for r in sub], 3)} | {mean_se([r['wall'] for r in sub], 0)} s |"
         )
     text = results_path.read_text() if results_path.exists() else ""
     kept = re.search(rf"^{re.escape(SECTION)}\n.*?(^{re.escape(NOTES)}\n.*?)(?=^## |\Z)", text, re.M | re.S)
