@@ -67,12 +67,13 @@ def _se(x: np.ndarray) -> float:
     return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
 
 
-def section(runs: list[dict], command: str, notes: str | None) -> str:
+def section(runs: list[dict], notes: str | None) -> str:
     m = machine()
+    commands = "; ".join(f"`{c}`" for c in dict.fromkeys(r.get("command", "?") for r in runs))
     lines = [
         HEADER,
         "",
-        f"Command: `{command}`. Each run = `python -m mavrl_ppl.fit --env <ENV> --seed <S>` (paper allocation, all",
+        f"Commands: {commands}. Each run = `python -m mavrl_ppl.fit --env <ENV> --seed <S>` (paper allocation, all",
         "four types; the committed expert DQN as teacher; SVI with the encoder on observation + one-hot action; PPO on",
         "the posterior-mean reward minus its value in the absorbing state; final PPO policy, never a checkpoint chosen",
         "by the true reward; true undiscounted return; normalised with REFERENCE §4). SVI settings: the package",
@@ -118,7 +119,9 @@ def existing_notes() -> str | None:
     if not RESULTS.exists():
         return None
     text = RESULTS.read_text()
-    match = re.search(rf"^{re.escape(HEADER)}\n.*?(^### Notes\n.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL)
+    # The notes of THIS section only: the text before them may not cross another level-2 header.
+    match = re.search(rf"^{re.escape(HEADER)}\n(?:(?!^## ).)*?(^### Notes\n.*?)(?=^## |\Z)", text,
+                      re.MULTILINE | re.DOTALL)
     return match.group(1) if match else None
 
 
@@ -135,19 +138,20 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     svi = json.loads(args.svi)
-    runs = json.loads(RUNS.read_text()) if RUNS.exists() else []
     command = "python benchmarks/control.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     for env_id in args.envs.split(","):
         for seed in parse_seeds(args.seeds):
             metrics = run_one(env_id, seed, args.ppo_timesteps, args.eval_episodes, svi)
+            metrics["command"] = command
             print(json.dumps({k: metrics[k] for k in ("env", "seed", "normalized_score", "mean_return",
                                                       "simulate_seconds", "fit_seconds", "retrain_seconds",
                                                       "evaluate_seconds", "total_seconds")}), flush=True)
             if args.no_write:
                 continue
+            runs = json.loads(RUNS.read_text()) if RUNS.exists() else []  # re-read: other runs may have written
             runs = [r for r in runs if not (r["env"] == env_id and r["seed"] == seed)] + [metrics]
             RUNS.write_text(json.dumps(runs, indent=1, sort_keys=True, default=float) + "\n")
-            write_section(section(runs, command, existing_notes()), HEADER)
+            write_section(section(runs, existing_notes()), HEADER)
     return 0
 
 

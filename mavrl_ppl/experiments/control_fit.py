@@ -59,8 +59,9 @@ def control_svi_config(overrides: Mapping[str, Any] | None = None) -> dict[str, 
 
 
 def control_feedback(env_id: str, counts: Mapping[str, int], seed: int,
-                     behaviour_beta: float | tuple[float, ...] = 0.0) -> dict:
-    """Simulate a control feedback set with the committed expert as teacher (numpy seed ``seed``)."""
+                     behaviour_beta: float | tuple[float, ...] | None = None) -> dict:
+    """Simulate a control feedback set with the committed expert as teacher (numpy seed ``seed``); the behaviour
+    policy of queried segments defaults to the env's (``ControlEnvSpec.behaviour_beta``)."""
     from mavrl_ppl.experiments.experts import load_expert
     from mavrl_ppl.feedback.control_teacher import ControlTeacher, expert_q_function
     from mavrl_ppl.feedback.data import simulate_feedback
@@ -110,7 +111,8 @@ def fit_control(config: Mapping[str, Any], work_dir: Path, progress: bool) -> Co
         config: resolved settings: ``env``, ``seed``, ``feedback`` (counts string), ``data`` (path or None),
             ``svi`` (SVISettings fields, e.g. :func:`control_svi_config`; ``encoder_input`` must be
             ``state_action``), ``ppo_timesteps`` (None: :data:`DEFAULT_PPO_TIMESTEPS`),
-            ``eval_episodes``, ``num_points`` (posterior reference points), ``behaviour_beta``.
+            ``eval_episodes``, ``num_points`` (posterior reference points), ``behaviour_beta`` (optional; default
+            the env's).
         work_dir: where the loss-curve plot goes.
         progress: progress bars.
 
@@ -137,6 +139,9 @@ def fit_control(config: Mapping[str, Any], work_dir: Path, progress: bool) -> Co
     env_id, seed = config["env"], int(config["seed"])
     spec = control_spec(env_id)
 
+    if config["svi"].get("encoder_input") != "state_action":  # REFERENCE §3: raw observation + one-hot action
+        got = config["svi"].get("encoder_input")
+        raise ControlDataError(f"control runs need encoder_input state_action, got {got}")
     t0 = time.perf_counter()
     if config.get("data"):
         feedback = load_feedback(config["data"])
@@ -146,7 +151,7 @@ def fit_control(config: Mapping[str, Any], work_dir: Path, progress: bool) -> Co
             counts = parse_counts(config["feedback"], registered())
         except ValueError as exc:
             raise ControlDataError(str(exc)) from None
-        beta = config.get("behaviour_beta", 0.0)
+        beta = config.get("behaviour_beta")  # None: the env's setting
         try:
             feedback = control_feedback(env_id, counts, seed, tuple(beta) if isinstance(beta, list) else beta)
         except ValueError as exc:  # e.g. a stop teacher that cannot calibrate lambda
@@ -155,9 +160,6 @@ def fit_control(config: Mapping[str, Any], work_dir: Path, progress: bool) -> Co
             raise ControlDataError("no feedback to fit: every count is zero")
     simulate_seconds = time.perf_counter() - t0
 
-    if config["svi"].get("encoder_input") != "state_action":  # REFERENCE §3: raw observation + one-hot action
-        got = config["svi"].get("encoder_input")
-        raise ControlDataError(f"control runs need encoder_input state_action, got {got}")
     settings = SVISettings(**{**config["svi"], "progress_bar": progress})
     try:
         result = fit_svi(feedback, settings, seed=seed, checkpoint=work_dir / "checkpoint.pt")

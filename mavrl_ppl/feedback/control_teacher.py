@@ -64,7 +64,8 @@ class ControlTeacher:
         q_fn: the expert's action values, e.g. ``expert_q_function(mavrl_ppl.experiments.experts.load_expert(env_id))``
             (loading a DQN needs stable-baselines3, which only ``experiments`` imports).
         behaviour_beta: rationality of the behaviour policy of queried segments; a sequence mixes policies over the
-            stream's envs (env ``m`` uses ``behaviour_beta[m % len]``). 0 = uniform random (the paper's).
+            stream's envs (env ``m`` uses ``behaviour_beta[m % len]``). 0 = uniform random (the paper's). Default:
+            the env's setting (``ControlEnvSpec.behaviour_beta``).
         stream_envs: parallel envs of a behaviour stream (default: the env's setting).
         stream_steps: steps per behaviour stream (default: the env's setting).
     """
@@ -74,7 +75,7 @@ class ControlTeacher:
         env_id: str,
         q_fn: QFunction,
         *,
-        behaviour_beta: float | Sequence[float] = 0.0,
+        behaviour_beta: float | Sequence[float] | None = None,
         stream_envs: int | None = None,
         stream_steps: int | None = None,
     ) -> None:
@@ -88,6 +89,8 @@ class ControlTeacher:
         self.obs_dim = int(probe.observation_space.shape[0])
         probe.close()
         self.gamma = self.spec.gamma
+        if behaviour_beta is None:
+            behaviour_beta = self.spec.behaviour_beta
         betas = (behaviour_beta,) if np.isscalar(behaviour_beta) else tuple(behaviour_beta)
         self.behaviour_beta = tuple(float(b) for b in betas)
         self.stream_envs = stream_envs or self.spec.stream_envs

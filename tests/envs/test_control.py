@@ -11,6 +11,7 @@ from mavrl_ppl.envs.control import (
     cut_segments,
     first_episodes,
     is_control_env,
+    mixture_policy,
     normalized_score,
     paper_allocation,
     rollout_stream,
@@ -144,3 +145,12 @@ def test_visited_points_sample_valid_steps(cartpole_feedback):
     assert set(np.unique(action)) <= {0, 1} and absorbing.any() and (~absorbing).any()
     again = visited_points(feedback, 300, np.random.default_rng(0))
     np.testing.assert_array_equal(obs, again[0])
+
+
+def test_mixed_behaviour_policies_alternate_over_envs():
+    always = [lambda obs, rng, k=k: np.full(len(obs), k) for k in (0, 1, 2)]
+    actions = mixture_policy(always)(np.zeros((7, 3)), np.random.default_rng(0))
+    np.testing.assert_array_equal(actions, [0, 1, 2, 0, 1, 2, 0])
+    teacher = ControlTeacher("Acrobot-v1", lambda obs: np.zeros((*np.shape(obs)[:-1], 3)))
+    assert teacher.behaviour_beta == (0.0, 1.0) and teacher.attrs["behaviour_beta"] == [0.0, 1.0]
+    assert ControlTeacher("CartPole-v1", upright_q).behaviour_beta == (0.0,)
