@@ -66,6 +66,25 @@ def machine() -> dict[str, str]:
     }
 
 
+def mean_se(values: list[float], digits: int | None = None) -> str:
+    """``"mean ± standard error"`` (sample sd / sqrt(n)) of the finite values; just the mean for one value.
+
+    Args:
+        values: one figure per seed.
+        digits: decimals; ``None``: 1 if ``|mean| >= 1``, else 3.
+    """
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return "n/a"
+    mean = float(v.mean())
+    if digits is None:
+        digits = 1 if abs(mean) >= 1 else 3
+    if v.size < 2:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {v.std(ddof=1) / np.sqrt(v.size):.{digits}f}"
+
+
 def fmt(seconds: float) -> str:
     if seconds >= 1.0:
         return f"{seconds:.2f} s"

@@ -32,18 +32,11 @@ from pathlib import Path
 import numpy as np
 from _common import RESULTS, machine, write_section
 
+from mavrl_ppl.analysis.baseline_table import parse_seeds
+
 HEADER = "## Control environments (issue 6)"
 RUNS = Path(__file__).resolve().parent / "control_runs.json"
 TARGETS = {"CartPole-v1": 97.0, "Acrobot-v1": 95.0}
-
-
-def parse_seeds(spec: str) -> list[int]:
-    """``"0-4"``, ``"0,3"`` or a mix -> the seeds in order."""
-    seeds: list[int] = []
-    for piece in spec.split(","):
-        first, _, last = piece.strip().partition("-")
-        seeds += list(range(int(first), int(last) + 1)) if last else [int(first)]
-    return seeds
 
 
 def run_one(env_id: str, seed: int, ppo_timesteps: int | None, eval_episodes: int, svi: dict) -> dict:
@@ -140,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     svi = json.loads(args.svi)
     command = "python benchmarks/control.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     for env_id in args.envs.split(","):
-        for seed in parse_seeds(args.seeds):
+        for seed in parse_seeds([args.seeds]):
             metrics = run_one(env_id, seed, args.ppo_timesteps, args.eval_episodes, svi)
             metrics["command"] = command
             print(json.dumps({k: metrics[k] for k in ("env", "seed", "normalized_score", "mean_return",

@@ -26,16 +26,10 @@ import time
 from datetime import datetime
 from functools import partial
 
+from _common import RESULTS, machine, mean_se, write_section
+
+from mavrl_ppl.analysis.baseline_table import parse_seeds
 from mavrl_ppl.baselines.mcmc import NutsSettings, run_nuts, set_host_devices
-
-
-def parse_seeds(spec: str) -> list[int]:
-    """``"0-9"``, ``"0,3,5"`` or a mix (``"0-2,7"``) -> the seeds in order."""
-    seeds: list[int] = []
-    for piece in spec.split(","):
-        first, _, last = piece.strip().partition("-")
-        seeds += list(range(int(first), int(last) + 1)) if last else [int(first)]
-    return seeds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +49,6 @@ def main(argv: list[str] | None = None) -> int:
     import jax
     import numpy as np
     import numpyro
-    from _common import RESULTS, machine, write_section
 
     from mavrl_ppl.analysis.metrics import evaluate_reward
     from mavrl_ppl.envs import make_tabular
@@ -63,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     command = "python benchmarks/nuts.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     envs = [e.strip() for e in args.envs.split(",") if e.strip()]
-    seeds = parse_seeds(args.seeds)
+    seeds = parse_seeds([args.seeds])
     counts = {"pref": 64, "demo": 1, "rating": 64, "stop": 256}
     info = {**machine(), "jax": jax.__version__, "numpyro": numpyro.__version__, "devices": str(devices)}
     q_rows = q_scheme_timings()
@@ -156,16 +149,6 @@ def _q_of_theta(theta, *, q_fn, dynamics, groups):
     from mavrl_ppl.baselines.mcmc import planning
 
     return q_fn(planning.expected_reward(theta, dynamics, groups))
-
-
-def mean_se(values: list[float], digits: int) -> str:
-    """``"mean ± standard error"`` (sample sd / sqrt(n)); just the mean for a single value."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return f"{mean:.{digits}f}"
-    sd = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5
-    return f"{mean:.{digits}f} ± {sd / n**0.5:.{digits}f}"
 
 
 def section(command, info, args, q_rows, rows, results_path) -> str:

@@ -24,9 +24,9 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+from _common import machine, mean_se, write_section
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, write_section
+from mavrl_ppl.analysis.baseline_table import parse_seeds
 
 PAPER = {"pref": 64, "demo": 1, "rating": 64, "stop": 256}
 CELLS = ("all", "pref", "demo", "rating", "stop")
@@ -95,22 +95,6 @@ def time_command(repeats: int) -> None:
     print(text)
 
 
-def mean_se(values: list[float]) -> str:
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return "n/a"
-    se = v.std(ddof=1) / np.sqrt(v.size) if v.size > 1 else float("nan")
-    return f"{v.mean():.1f} ± {se:.1f}" if abs(v.mean()) >= 1 else f"{v.mean():.3f} ± {se:.3f}"
-
-
-def parse_seeds(text: str) -> list[int]:
-    if "-" in text:
-        lo, hi = text.split("-")
-        return list(range(int(lo), int(hi) + 1))
-    return [int(s) for s in text.split(",")]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0-9")
@@ -125,7 +109,7 @@ def main() -> None:
     if args.only_command:
         time_command(args.command_runs or 5)
         return
-    seeds, envs, cells = parse_seeds(args.seeds), args.envs.split(","), args.cells.split(",")
+    seeds, envs, cells = parse_seeds([args.seeds]), args.envs.split(","), args.cells.split(",")
     info = machine()
     t0 = time.perf_counter()
     jobs = [(env, seed, cell, args.q_model) for env in envs for cell in cells for seed in seeds]

@@ -12,6 +12,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 
+def _save(fig: plt.Figure, path: Path, suptitle: str = "") -> Path:
+    """Lay out, write ``path`` as PNG and close the figure (every plot here ends so)."""
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_reward_maps(
     grid_shape: tuple[int, int],
     panels: Sequence[tuple[str, np.ndarray]],
@@ -35,12 +45,7 @@ def plot_reward_maps(
         ax.set_yticks(range(grid_shape[0]))
         ax.tick_params(labelsize=6)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def plot_loss_curve(elbo: Sequence[float], validation: Sequence[float], validation_step: Sequence[int],
@@ -57,10 +62,7 @@ def plot_loss_curve(elbo: Sequence[float], validation: Sequence[float], validati
     ax_val.set_xlabel("step")
     ax_val.set_ylabel("validation NLL per item (sum over types)")
     ax_val.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_mean_scatter(
@@ -104,10 +106,7 @@ def plot_mean_scatter(
     ax.legend(loc="upper left")
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_grouped_bars(
@@ -147,9 +146,4 @@ def plot_grouped_bars(
         ax.set_ylabel(label)
         ax.axhline(0.0, color="k", lw=0.6)
     axes[0][0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)

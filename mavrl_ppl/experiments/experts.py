@@ -26,6 +26,22 @@ import numpy as np
 
 EXPERTS_DIR = Path(__file__).resolve().parent.parent / "experts"
 
+#: The zoo's Acrobot-v1 settings; LunarLander-v3 uses the same ones here.
+_ACROBOT_LIKE: dict[str, Any] = {
+    "n_timesteps": 100_000,
+    "learning_rate": 6.3e-4,
+    "batch_size": 128,
+    "buffer_size": 50_000,
+    "learning_starts": 0,
+    "gamma": 0.99,
+    "target_update_interval": 250,
+    "train_freq": 4,
+    "gradient_steps": -1,
+    "exploration_fraction": 0.12,
+    "exploration_final_eps": 0.1,
+    "net_arch": [256, 256],
+}
+
 #: DQN hyper-parameters per env (rl-baselines3-zoo's ``dqn.yml`` for CartPole-v1, Acrobot-v1 and LunarLander),
 #: with the default budget ``n_timesteps``. ``net_arch`` stays at the zoo's [256, 256].
 DQN_SETTINGS: dict[str, dict[str, Any]] = {
@@ -43,34 +59,8 @@ DQN_SETTINGS: dict[str, dict[str, Any]] = {
         "exploration_final_eps": 0.04,
         "net_arch": [256, 256],
     },
-    "Acrobot-v1": {
-        "n_timesteps": 100_000,
-        "learning_rate": 6.3e-4,
-        "batch_size": 128,
-        "buffer_size": 50_000,
-        "learning_starts": 0,
-        "gamma": 0.99,
-        "target_update_interval": 250,
-        "train_freq": 4,
-        "gradient_steps": -1,
-        "exploration_fraction": 0.12,
-        "exploration_final_eps": 0.1,
-        "net_arch": [256, 256],
-    },
-    "LunarLander-v3": {
-        "n_timesteps": 100_000,
-        "learning_rate": 6.3e-4,
-        "batch_size": 128,
-        "buffer_size": 50_000,
-        "learning_starts": 0,
-        "gamma": 0.99,
-        "target_update_interval": 250,
-        "train_freq": 4,
-        "gradient_steps": -1,
-        "exploration_fraction": 0.12,
-        "exploration_final_eps": 0.1,
-        "net_arch": [256, 256],
-    },
+    "Acrobot-v1": _ACROBOT_LIKE,
+    "LunarLander-v3": dict(_ACROBOT_LIKE),
 }
 
 
