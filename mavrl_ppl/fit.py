@@ -30,10 +30,12 @@ class UsageError(Exception):
 
 NUTS_FIELDS = {  # name -> (type, default, help); validated by NutsSettings itself
     "num_chains": (int, 4, "NUTS chains"),
-    "num_warmup": (int, 1000, "NUTS warm-up iterations per chain"),
+    "num_warmup": (int, 500, "NUTS warm-up iterations per chain"),
     "num_samples": (int, 1000, "NUTS kept draws per chain"),
     "target_accept_prob": (float, 0.8, "NUTS step-size adaptation target"),
     "max_tree_depth": (int, 10, "NUTS maximum tree depth"),
+    "init": (str, "mode", "NUTS chain starts: mode (dispersed around the posterior mode) or prior"),
+    "init_scale": (float, 1.0, "NUTS spread of the mode starts, in posterior sds"),
 }
 
 

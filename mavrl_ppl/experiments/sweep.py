@@ -154,7 +154,8 @@ def search_space(defaults: SVISettings, types: Sequence[str] = (), mode: str = "
     """The searched hyper-parameters, with ranges set around ``defaults`` (never hard-coded).
 
     ``learning_rate``, ``kl_weight``, ``td_weight``: log-uniform over [default / 10, default * 10] (a weight whose
-    default is 0 is not searched); ``batch_size``: the powers-of-two multiples default/4 .. default*4 (at least 8);
+    default is 0 is not searched, nor ``td_weight`` under ``q_model="planner"``, which has no Bellman term to weigh);
+    ``batch_size``: the powers-of-two multiples default/4 .. default*4 (at least 8);
     ``hidden``: default/2, default, default*2. In budget mode with more than one active type, ``alloc_<type>`` is
     uniform on (0, 1]: the weights ``-log(u)`` are then independent Exp(1), so the normalised split is a Dirichlet(1)
     draw until the sampler starts to model the good region.
@@ -162,6 +163,8 @@ def search_space(defaults: SVISettings, types: Sequence[str] = (), mode: str = "
     space: dict[str, BaseDistribution] = {}
     for name in ("learning_rate", "kl_weight", "td_weight"):
         value = float(getattr(defaults, name))
+        if name == "td_weight" and defaults.q_model == "planner":
+            continue
         if value > 0:
             space[name] = FloatDistribution(value / 10.0, value * 10.0, log=True)
     batch = int(defaults.batch_size)

@@ -45,10 +45,15 @@ def log_likelihood(batch, latents: Latents, params):
     steps = xp.arange(x.shape[-1])
     survive = masked_sum(-x, valid & (steps < tau))  # censored items: tau = -1 -> sum over all valid steps
     survive = xp.where(tau[..., 0] < 0, masked_sum(-x, valid), survive)
-    log_hazard = log1m_exp(-xp.maximum(x, xp.full_like(x, MIN_HAZARD)))
+    # The hazard term at the stop step only: one log1m_exp per item, not per step (transcendentals in float64 were
+    # most of this likelihood's cost inside NUTS). Censored items have no stop step and add 0.
+    at_stop = steps == tau
+    x_stop = masked_sum(x, at_stop)
+    log_hazard = log1m_exp(-xp.maximum(x_stop, xp.full_like(x_stop, MIN_HAZARD)))
     # Zero hazard on invalid steps (REFERENCE §1): a stop there has probability 0 (validation rejects such data).
-    log_hazard = xp.where(valid, log_hazard, xp.full_like(log_hazard, -math.inf))
-    stopped = masked_sum(log_hazard, steps == tau)
+    stop_is_valid = xp.any(at_stop & valid, axis=-1)
+    log_hazard = xp.where(stop_is_valid, log_hazard, xp.full_like(log_hazard, -math.inf))
+    stopped = xp.where(tau[..., 0] < 0, xp.zeros_like(log_hazard), log_hazard)
     return survive + stopped
 
 

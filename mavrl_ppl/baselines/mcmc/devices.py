@@ -14,7 +14,7 @@ def enable_x64() -> None:
 
 
 def set_host_devices(n: int | None = None) -> int:
-    """Split the host CPU into ``n`` XLA devices so that NUTS chains can run in parallel (``jax.pmap``).
+    """Split the host CPU into ``n`` XLA devices so that NUTS chains can run in parallel (one thread per device).
 
     Uses the ``jax_num_cpu_devices`` option (jax >= 0.4.38; it overrides ``XLA_FLAGS``'s
     ``--xla_force_host_platform_device_count``). It only works before JAX runs its first computation, so the command

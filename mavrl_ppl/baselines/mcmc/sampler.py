@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, NamedTuple
 
@@ -16,10 +17,15 @@ from numpyro.infer.util import log_likelihood as numpyro_log_likelihood
 
 from mavrl_ppl.baselines.mcmc.devices import enable_x64
 from mavrl_ppl.baselines.mcmc.diagnostics import arviz, nuts_diagnostics
+from mavrl_ppl.baselines.mcmc.init import dispersed_starts
 from mavrl_ppl.baselines.mcmc.model import make_model, nuisance_sites
 from mavrl_ppl.envs.tabular import TabularMDP
 
 CHAIN_METHODS = ("auto", "parallel", "vectorized", "sequential")
+
+#: Where the chains start: ``"mode"`` (dispersed draws around the posterior mode, :mod:`.init`) or ``"prior"``
+#: (NumPyro's default, uniform on (-2, 2) in every unconstrained coordinate).
+INIT_METHODS = ("mode", "prior")
 
 #: Environment variables under which NumPyro keeps its progress bars off (CI logs, pytest-xdist workers).
 _BARS_OFF = frozenset({"CI", "PYTEST_XDIST_WORKER"})
@@ -30,20 +36,26 @@ class NutsSettings:
     """How to run NUTS (the defaults are the paper-grid benchmark's)."""
 
     num_chains: int = 4  # independent chains (R-hat needs >= 2)
-    num_warmup: int = 1000  # warm-up iterations per chain (step size and mass matrix adaptation), discarded
+    num_warmup: int = 500  # warm-up iterations per chain (step size and mass matrix adaptation), discarded
     num_samples: int = 1000  # kept draws per chain
     target_accept_prob: float = 0.8  # NUTS's step-size adaptation target; raise it if transitions diverge
     max_tree_depth: int = 10  # at most 2^depth - 1 leapfrog steps per iteration
     dense_mass: bool = False  # adapt a dense (True) or diagonal (False) mass matrix
     seed: int = 0  # PRNG seed of the chains' initial points and trajectories
     progress_bar: bool = True  # one tqdm bar per chain (NumPyro's), advancing as the chains sample
-    chain_method: str = "auto"  # auto: one chain per host device if enough, else chains split over the devices
+    chain_method: str = "auto"  # auto: chains split over the host devices (one thread each), else sequential
     q_method: str = "exact"  # Q* in the model: "exact" (policy iteration + linear solve) or "sweeps"
     log_likelihood: bool = True  # store per-item log-likelihoods (ArviZ log_likelihood group, for LOO/WAIC)
+    init: str = "mode"  # chain starts: "mode" (N(mode, init_scale^2 H^-1) draws) or "prior" (NumPyro's default)
+    init_scale: float = 1.0  # "mode" only: spread of the starts in units of the approximation's sd
 
     def __post_init__(self) -> None:
         if self.chain_method not in CHAIN_METHODS:
             raise ValueError(f"chain_method must be one of {CHAIN_METHODS}, got {self.chain_method!r}")
+        if self.init not in INIT_METHODS:
+            raise ValueError(f"init must be one of {INIT_METHODS}, got {self.init!r}")
+        if not self.init_scale > 0:
+            raise ValueError(f"init_scale must be positive, got {self.init_scale}")
         for name in ("num_chains", "num_warmup", "num_samples", "max_tree_depth"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -66,26 +78,33 @@ class NutsResult(NamedTuple):
 
 
 def split_over_devices(num_devices: int) -> Callable:
-    """A NumPyro ``chain_method``: the chains run in rounds of ``num_devices``, one chain per host device
-    (``jax.pmap``), the rounds one after another from Python; e.g. 4 chains on 2 cores run as 2 rounds of 2.
+    """A NumPyro ``chain_method``: the chains run on ``num_devices`` host devices, one Python thread per device; each
+    device runs its chains (``i % num_devices == device``) one after another through the same jitted chain function.
 
-    Not ``lax.map`` within a ``pmap`` (2 chains one after the other inside each device's program): on the 10x10 grids
-    that was 5x slower than two rounds of ``pmap`` (4 x 400 iterations of grid_cliff: 100 s against 2 x 9 s for 2
-    chains under ``pmap``). Not ``vmap`` either: vectorised NUTS chains move in lockstep (each iteration costs the
-    longest trajectory of the batch, and the policy-iteration ``while_loop`` runs until every chain's has finished):
-    142 s on the same run. The compiled ``pmap`` program is built once and reused by every round."""
+    Not ``jax.pmap``: a ``pmap`` program of two NUTS chains ran into an XLA cross-device rendezvous whose partner
+    never arrived (a deadlock with a raised timeout, an abort after XLA's default 40 s), on grid_cliff seed 2
+    (``benchmarks/RESULTS.md``, NUTS notes). Independent executions per device have no collective to wait for, and a
+    device whose chain finishes early starts its next chain at once. Not ``lax.map`` inside a device's program (5x
+    slower on the 10x10 grids) or ``vmap`` (vectorised NUTS chains move in lockstep)."""
 
     def transform(single_chain: Callable) -> Callable:
-        parallel = jax.pmap(single_chain)
+        jitted = jax.jit(single_chain)
+        devices = jax.local_devices()[:num_devices]
+
+        def run_device(args: Any, device_index: int) -> list[tuple[int, Any]]:
+            num_chains = jax.tree.leaves(args)[0].shape[0]
+            out = []
+            for chain in range(device_index, num_chains, len(devices)):
+                chain_args = jax.device_put(jax.tree.map(lambda x, c=chain: x[c], args), devices[device_index])
+                out.append((chain, jax.block_until_ready(jitted(chain_args))))
+            return out
 
         def run(args: Any) -> Any:
-            num_chains = jax.tree.leaves(args)[0].shape[0]
-            if num_chains % num_devices:
-                raise ValueError(f"{num_chains} chains do not split into rounds of {num_devices} devices")
-            rounds = []
-            for first in range(0, num_chains, num_devices):
-                rounds.append(parallel(jax.tree.map(lambda x, first=first: x[first : first + num_devices], args)))
-            return jax.tree.map(lambda *parts: jnp.concatenate(parts), *rounds)
+            with ThreadPoolExecutor(max_workers=len(devices)) as pool:
+                parts = pool.map(lambda d: run_device(args, d), range(len(devices)))
+                results = dict(pair for part in parts for pair in part)
+            ordered = [jax.device_put(results[c], devices[0]) for c in sorted(results)]
+            return jax.tree.map(lambda *chains: jnp.stack(chains), *ordered)
 
         return run
 
@@ -93,8 +112,9 @@ def split_over_devices(num_devices: int) -> Callable:
 
 
 def resolve_chain_method(method: str, num_chains: int) -> str | Callable:
-    """The NumPyro ``chain_method`` for a setting: ``auto`` picks ``parallel`` when every chain gets its own device,
-    :func:`split_over_devices` when the chains divide evenly over several devices, else ``sequential``."""
+    """The NumPyro ``chain_method`` for a setting: ``auto`` picks :func:`split_over_devices` when there are several
+    chains and several host devices, else ``sequential``. (NumPyro's ``parallel``, a ``pmap``, stays available by
+    name; see :func:`split_over_devices` for why ``auto`` avoids it.)"""
     devices = jax.local_device_count()
     if method == "parallel" and devices < num_chains:
         raise ValueError(
@@ -104,10 +124,9 @@ def resolve_chain_method(method: str, num_chains: int) -> str | Callable:
         return method
     if num_chains == 1:
         return "sequential"
-    if devices >= num_chains:
-        return "parallel"
-    usable = max(d for d in range(1, devices + 1) if num_chains % d == 0)
-    return split_over_devices(usable) if usable > 1 else "sequential"
+    if devices < 2:
+        return "sequential"
+    return split_over_devices(min(devices, num_chains))
 
 
 def reward_layout(mdp: TabularMDP) -> tuple[tuple[str, ...], tuple[int, ...]]:
@@ -133,8 +152,11 @@ _STAT_FIELDS = {
 }
 
 
-def build_mcmc(model: Callable, settings: NutsSettings) -> MCMC:
+def build_mcmc(model: Callable, settings: NutsSettings, inverse_mass_matrix: Any = None) -> MCMC:
     """NumPyro ``MCMC`` with a NUTS kernel on ``model`` as ``settings`` ask (chain method resolved for this host).
+
+    ``inverse_mass_matrix`` (diagonal, flattened unconstrained order) is where the mass-matrix adaptation starts
+    (default: the identity).
 
     With ``settings.progress_bar`` every chain gets a tqdm bar that advances while it samples, whatever the chain
     method; NumPyro's own bars are used (see the comment below for the device-split method)."""
@@ -143,6 +165,7 @@ def build_mcmc(model: Callable, settings: NutsSettings) -> MCMC:
         target_accept_prob=settings.target_accept_prob,
         max_tree_depth=settings.max_tree_depth,
         dense_mass=settings.dense_mass,
+        inverse_mass_matrix=None if inverse_mass_matrix is None else _as_mass(inverse_mass_matrix, settings),
     )
     chain_method = resolve_chain_method(settings.chain_method, settings.num_chains)
     mcmc = MCMC(
@@ -160,6 +183,11 @@ def build_mcmc(model: Callable, settings: NutsSettings) -> MCMC:
         # NumPyro's sampling loop once per chain, which split_over_devices does.
         mcmc.progress_bar = True
     return mcmc
+
+
+def _as_mass(diagonal: Any, settings: NutsSettings) -> Any:
+    diagonal = jnp.asarray(diagonal)
+    return jnp.diag(diagonal) if settings.dense_mass else diagonal
 
 
 def run_nuts(mdp: TabularMDP, feedback: Mapping[str, Any], settings: NutsSettings | None = None) -> NutsResult:
@@ -180,9 +208,17 @@ def run_nuts(mdp: TabularMDP, feedback: Mapping[str, Any], settings: NutsSetting
     enable_x64()
     start = time.perf_counter()
     model, inputs = make_model(mdp, feedback, q_method=settings.q_method)
-    mcmc = build_mcmc(model, settings)
+    starts = None
+    if settings.init == "mode":
+        rng = np.random.default_rng(settings.seed)
+        starts = dispersed_starts(model, inputs, settings.num_chains, rng, scale=settings.init_scale)
+    init_seconds = time.perf_counter() - start
+    mcmc = build_mcmc(model, settings, None if starts is None else starts.scale**2)
     chain_method = mcmc.chain_method
-    mcmc.run(jax.random.PRNGKey(settings.seed), inputs, extra_fields=tuple(_STAT_FIELDS))
+    init_params = None if starts is None else starts.init_params
+    if init_params is not None and settings.num_chains == 1:
+        init_params = jax.tree.map(lambda x: x[0], init_params)
+    mcmc.run(jax.random.PRNGKey(settings.seed), inputs, init_params=init_params, extra_fields=tuple(_STAT_FIELDS))
     samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
     stats = {_STAT_FIELDS[k]: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
     stats["lp"] = -stats["lp"]
@@ -211,6 +247,7 @@ def run_nuts(mdp: TabularMDP, feedback: Mapping[str, Any], settings: NutsSetting
             "seed": settings.seed,
             "fit_seconds": fit_seconds,
             "sampling_seconds": sampling_seconds,
+            "init_seconds": init_seconds,
             "num_devices": jax.local_device_count(),
             "chain_method": chain_method if isinstance(chain_method, str) else "split_over_devices",
             **{f"nuts_{k}": v for k, v in asdict(settings).items() if k not in ("seed", "chain_method")},

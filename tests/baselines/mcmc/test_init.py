@@ -1,0 +1,98 @@
+"""Chain starting points: the mode search and the Laplace spread, checked on a model with a closed-form posterior,
+and on the feedback model of a small grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mavrl_ppl.baselines.mcmc import NutsSettings, enable_x64, make_model
+from mavrl_ppl.baselines.mcmc.init import dispersed_starts
+from mavrl_ppl.envs import make_tabular
+from mavrl_ppl.feedback import TabularTeacher, simulate_feedback
+
+jax = pytest.importorskip("jax")
+numpyro = pytest.importorskip("numpyro")
+jnp = jax.numpy
+dist = numpyro.distributions
+
+PRIOR_SD, NOISE_SD = 1.0, 0.5
+OBSERVED = np.array([[0.3, -1.2, 2.0], [0.5, -0.8, 1.6]])  # two observations of each of three coordinates
+
+
+@pytest.fixture(autouse=True)
+def x64():
+    enable_x64()
+
+
+def conjugate_model(observed):
+    x = numpyro.sample("x", dist.Normal(0.0, PRIOR_SD).expand([3]).to_event(1))
+    numpyro.sample("y", dist.Normal(x, NOISE_SD).to_event(1), obs=observed)
+
+
+def conjugate_posterior():
+    precision = 1 / PRIOR_SD**2 + len(OBSERVED) / NOISE_SD**2
+    return OBSERVED.sum(0) / NOISE_SD**2 / precision, np.full(3, precision**-0.5)
+
+
+def test_the_mode_and_spread_of_a_gaussian_posterior_are_its_mean_and_sd():
+    mean, sd = conjugate_posterior()
+    starts = dispersed_starts(conjugate_model, jnp.asarray(OBSERVED), 4, np.random.default_rng(0))
+    # Adam on a quadratic with a step decaying to 5e-4 ends within ~1e-5 of the minimum (measured 1e-15).
+    np.testing.assert_allclose(np.asarray(starts.mode["x"]), mean, atol=1e-4)
+    # The Hessian of a quadratic potential is exact, so the spread is the posterior sd to round-off.
+    np.testing.assert_allclose(starts.scale, sd, rtol=1e-9)
+    assert starts.init_params["x"].shape == (4, 3)
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_starts_are_spread_as_the_approximation_times_scale(scale):
+    mean, sd = conjugate_posterior()
+    starts = dispersed_starts(conjugate_model, jnp.asarray(OBSERVED), 3000, np.random.default_rng(1), scale=scale)
+    whitened = (np.asarray(starts.init_params["x"]) - mean) / sd
+    # 3000 x 3 standard-normal draws times `scale`: the sample sd is within 3% of `scale` (its relative standard
+    # error is 1/sqrt(2 * 9000) = 0.75%), and the sample mean within 0.05 * scale (SE 0.018 * scale).
+    np.testing.assert_allclose(whitened.std(0), scale, rtol=0.03)
+    np.testing.assert_allclose(whitened.mean(0), 0.0, atol=0.05 * scale)
+
+
+def test_on_the_feedback_model_the_mode_beats_the_prior_mean_and_the_same_rng_gives_the_same_starts():
+    mdp = make_tabular("grid_trap", size=4, p_rand=0.1)
+    feedback = simulate_feedback(TabularTeacher(mdp), {"pref": 12, "demo": 1, "rating": 12, "stop": 16},
+                                 np.random.default_rng(0))
+    model, inputs = make_model(mdp, feedback)
+    first = dispersed_starts(model, inputs, 4, np.random.default_rng(3), mode_steps=500)
+    second = dispersed_starts(model, inputs, 4, np.random.default_rng(3), mode_steps=500)
+    for site, value in first.init_params.items():
+        np.testing.assert_array_equal(np.asarray(value), np.asarray(second.init_params[site]))
+    from numpyro.infer.util import initialize_model
+
+    info = initialize_model(jax.random.PRNGKey(0), model, model_args=(inputs,))
+    at_zero = float(info.potential_fn(jax.tree.map(jnp.zeros_like, info.param_info.z)))
+    assert first.mode_potential < at_zero - 1.0
+    rewards = np.asarray(first.init_params["reward"])
+    assert rewards.shape == (4, mdp.num_groups)
+    assert np.all(rewards.std(0) > 0)  # the chains start apart
+
+
+@pytest.mark.parametrize("field, value", [("init", "map"), ("init_scale", 0.0)])
+def test_bad_init_settings_are_rejected(field, value):
+    with pytest.raises(ValueError, match=field):
+        NutsSettings(**{field: value})
+
+
+def test_dispersed_starts_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="num_chains"):
+        dispersed_starts(conjugate_model, jnp.asarray(OBSERVED), 0, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="scale"):
+        dispersed_starts(conjugate_model, jnp.asarray(OBSERVED), 2, np.random.default_rng(0), scale=-1.0)
+
+
+def test_the_command_line_nuts_defaults_are_the_settings_defaults():
+    """fit.py keeps its own copy of the NUTS defaults (importing the sampler would import JAX on every SVI run)."""
+    import dataclasses
+
+    from mavrl_ppl.fit import NUTS_FIELDS
+
+    defaults = {f.name: f.default for f in dataclasses.fields(NutsSettings)}
+    assert {name: default for name, (_, default, _) in NUTS_FIELDS.items()} == {k: defaults[k] for k in NUTS_FIELDS}
