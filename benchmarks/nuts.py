@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tree-depth", type=int, default=10)
     parser.add_argument("--target-accept", type=float, default=0.8)
     parser.add_argument("--init", default="mode", help="chain starts: mode or prior (NutsSettings.init)")
-    parser.add_argument("--init-scale", type=float, default=1.0, help="NutsSettings.init_scale")
+    parser.add_argument("--init-scale", type=float, default=0.25, help="NutsSettings.init_scale")
     parser.add_argument("--devices", type=int, default=None, help="host devices (default: one per core)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args(argv)

@@ -47,7 +47,7 @@ class NutsSettings:
     q_method: str = "exact"  # Q* in the model: "exact" (policy iteration + linear solve) or "sweeps"
     log_likelihood: bool = True  # store per-item log-likelihoods (ArviZ log_likelihood group, for LOO/WAIC)
     init: str = "mode"  # chain starts: "mode" (N(mode, init_scale^2 H^-1) draws) or "prior" (NumPyro's default)
-    init_scale: float = 1.0  # "mode" only: spread of the starts in units of the approximation's sd
+    init_scale: float = 0.25  # "mode" only: spread of the starts in units of the approximation's sd (see init.py)
 
     def __post_init__(self) -> None:
         if self.chain_method not in CHAIN_METHODS:
