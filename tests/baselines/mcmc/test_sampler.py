@@ -106,7 +106,7 @@ def test_all_four_types_on_a_small_grid_converge_and_recover_the_reward():
     cells at -4 and the goal at +1 are what the data pin down, the plain 0 cells are only weakly identified)."""
     mdp = make_tabular("grid_trap", size=4)
     feedback = simulate_feedback(TabularTeacher(mdp), ALL_FOUR, np.random.default_rng(0))
-    # Chains start around the mode (NutsSettings.init "mode"): 4 x 1500 draws gave R-hat 1.003 and bulk ESS 990 (from
+    # Chains start around the mode (NutsSettings.init "mode", at 1 sd): 4 x 1500 draws gave R-hat 1.003, ESS 990 (from
     # NumPyro's default start: 1.0096 and ~390). One transition of the 6000 diverged, at target_accept 0.8 and at 0.9
     # alike (Q* has kinks in the reward, see RESULTS.md), so the bound allows 2 (0.03 %) rather than none.
     result = run_nuts(mdp, feedback, NutsSettings(num_warmup=500, num_samples=1500, seed=0, progress_bar=False))
