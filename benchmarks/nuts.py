@@ -5,12 +5,18 @@ Run from the repository root::
     python benchmarks/nuts.py --seeds 0 --envs grid_cliff,grid_sparse,grid_trap   # one seed per grid
     python benchmarks/nuts.py --seeds 0-9                                           # the full table
     python benchmarks/nuts.py --seeds 0 --num-warmup 500 --num-samples 500 --no-write
+    python benchmarks/nuts.py --seeds 0-9 --from-runs runs/table   # tabulate the NUTS runs of the baseline table
 
 Each run simulates the paper's fixed allocation (pref 64 / demo 1 / rating 64 / stop 256; 10x10, gamma 0.95) with
-``simulate_feedback(..., np.random.default_rng(seed))``, samples 4 chains x 1000 draws after 1000 warm-up (defaults)
+``simulate_feedback(..., np.random.default_rng(seed))``, samples 4 chains x 1000 draws after 500 warm-up (defaults)
 and scores the posterior-mean reward (greedy policy, exact value under the true reward). Before the runs it times the
 two ``Q*`` schemes of the model (``q_method``). Only this script's section of RESULTS.md is replaced, after every run;
 a ``### Notes`` subsection already in it is kept as written.
+
+``--from-runs DIR`` samples nothing: it reads the runs ``DIR/runs/nuts_<env>_seed<S>`` that
+``python -m mavrl_ppl.analysis.baseline_table --out DIR`` made with the fit command's defaults (the same data: the fit
+command simulates with ``np.random.default_rng(seed)`` too, and the same ``NutsSettings`` defaults). Their wall time is
+the fit command's ``total_seconds`` (simulation, sampling, diagnostics, plots and writing; not the interpreter's start).
 
 Targets (issue 4): R-hat <= 1.01, bulk ESS >= 400 on every parameter, 0 divergences, mean normalised score >= 100 on
 cliff/sparse and >= 95 on trap, <= 60 s wall per run on a 2-core machine.
@@ -19,12 +25,14 @@ cliff/sparse and >= 95 on trap, <= 60 s wall per run on a 2-core machine.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shlex
 import sys
 import time
 from datetime import datetime
 from functools import partial
+from pathlib import Path
 
 from _common import RESULTS, machine, mean_se, write_section
 
@@ -37,14 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0", help="e.g. 0-9 or 0,1,2 (default 0)")
     parser.add_argument("--envs", default="grid_cliff,grid_sparse,grid_trap", help="comma-separated grid names")
     parser.add_argument("--num-chains", type=int, default=4)
-    parser.add_argument("--num-warmup", type=int, default=1000)
+    parser.add_argument("--num-warmup", type=int, default=NutsSettings.num_warmup)
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--max-tree-depth", type=int, default=10)
     parser.add_argument("--target-accept", type=float, default=0.8)
+    parser.add_argument("--dense-mass", action="store_true", help="adapt a dense mass matrix (NutsSettings.dense_mass)")
     parser.add_argument("--init", default="mode", help="chain starts: mode or prior (NutsSettings.init)")
     parser.add_argument("--init-scale", type=float, default=0.25, help="NutsSettings.init_scale")
     parser.add_argument("--devices", type=int, default=None, help="host devices (default: one per core)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument("--from-runs", type=Path, default=None,
+                        help="tabulate DIR/runs/nuts_<env>_seed<S> of a baseline table instead of sampling")
     args = parser.parse_args(argv)
     devices = set_host_devices(args.devices)  # before anything runs on JAX
 
@@ -64,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     q_rows = q_scheme_timings()
     for row in q_rows:
         print("Q* scheme", row, flush=True)
+    if args.from_runs is not None:
+        rows = [row_from_run(args.from_runs / "runs" / f"nuts_{env}_seed{seed}") for env in envs for seed in seeds]
+        for row in rows:
+            print(row, flush=True)
+        if not args.no_write:
+            write_section(section(command, info, args, q_rows, rows, RESULTS), SECTION)
+        return 0
     rows = []
     for env in envs:
         for seed in seeds:
@@ -76,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                 num_samples=args.num_samples,
                 max_tree_depth=args.max_tree_depth,
                 target_accept_prob=args.target_accept,
+                dense_mass=args.dense_mass,
                 seed=seed,
                 progress_bar=False,
                 init=args.init,
@@ -99,6 +118,21 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_write:
                 write_section(section(command, info, args, q_rows, rows, RESULTS), SECTION)
     return 0
+
+
+def row_from_run(run: Path) -> dict:
+    """The table row of one finished ``python -m mavrl_ppl.fit --inference nuts`` run directory."""
+    import arviz as az
+
+    metrics_file = run / "metrics.json"
+    if not metrics_file.exists():
+        raise SystemExit(f"error: {metrics_file} does not exist (run the baseline table first)")
+    metrics = json.loads(metrics_file.read_text())
+    stats = az.from_netcdf(str(run / "posterior.nc")).sample_stats
+    keys = ("rhat_max", "ess_bulk_min", "ess_tail_min", "divergences", "tree_depth_max", "step_size_mean")
+    return {"env": metrics["env"], "seed": metrics["seed"], **{k: metrics[k] for k in keys},
+            "mean_steps": float(stats["n_steps"].mean()), "score": metrics["normalized_score"],
+            "epic": metrics["epic"], "wall": metrics["total_seconds"]}
 
 
 SECTION = "## NUTS baseline (issue 4)"
