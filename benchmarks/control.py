@@ -99,10 +99,13 @@ def section(runs: list[dict], notes: str | None) -> str:
             f"{t('simulate_seconds')} | {t('fit_seconds')} | {t('retrain_seconds')} | {t('evaluate_seconds')} | "
             f"{t('total_seconds')} | {verdict} |"
         )
-    lines += ["", "SVI settings per env (identical for every seed):", ""]
+    lines += ["", "Settings per env (identical for every seed; behaviour = the queried segments' policies, 0 = uniform "
+              "random, b > 0 = softmax(b * Q_expert), mixed over the stream's envs):", ""]
     for env_id, rs in by_env.items():
         svi = rs[0]["svi"]
-        lines.append(f"- {env_id}: " + ", ".join(f"{k}={v}" for k, v in sorted(svi.items())))
+        behaviour = sorted({str(r.get("behaviour_beta", "not recorded")) for r in rs})
+        lines.append(f"- {env_id}: behaviour {' / '.join(behaviour)}; SVI "
+                     + ", ".join(f"{k}={v}" for k, v in sorted(svi.items())))
     if notes:
         lines += ["", notes.rstrip("\n")]
     return "\n".join(lines) + "\n"

@@ -13,8 +13,10 @@ import contextlib
 import dataclasses
 import json
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 import tomllib
 from collections.abc import Iterator
@@ -140,8 +142,14 @@ def load_plugins(names: list[str]) -> None:
             raise UsageError(f"--plugin {name}: cannot import: {type(exc).__name__}: {exc}") from None
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds like Ctrl-C, so the half-written run directory is removed
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         config = resolve_config(args)
         load_plugins(config["plugin"])

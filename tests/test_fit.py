@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import arviz as az
 import pytest
@@ -74,6 +76,29 @@ def test_bad_data_file_exits_2(tmp_path):
     done = fit("--data", str(bogus), "--out", str(tmp_path / "run"), "--quiet")
     assert done.returncode == 2 and str(bogus) in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_terminated_run_leaves_nothing_behind(tmp_path):
+    # A batch scheduler or `kill` sends SIGTERM: the run's temporary directory must go, as it does on Ctrl-C.
+    endless = [arg if arg != "40" else "1000000" for arg in TINY] + ["--patience", "1000000"]
+    runs, log = tmp_path / "runs", tmp_path / "stderr.txt"
+    runs.mkdir()
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "mavrl_ppl.fit", *endless, "--out", str(runs / "run")],
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            deadline = time.monotonic() + 300
+            while not list(runs.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert [p.name.startswith(".run.") for p in runs.iterdir()] == [True], log.read_text()
+            time.sleep(1.0)  # well inside the million-step fit
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=120) == 128 + signal.SIGTERM, log.read_text()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert list(runs.iterdir()) == []
 
 
 def test_svi_run_does_not_import_jax(tmp_path):

@@ -86,6 +86,14 @@ def check_feedback_matches(feedback: Mapping[str, Any], env_id: str, path: str) 
                                    f"{env_id} ({obs_dim})")
 
 
+def _behaviour_beta(feedback: Mapping[str, Any]) -> list[float] | None:
+    """The queried segments' behaviour betas recorded by the simulator (``None`` for data without the record)."""
+    for ds in feedback.values():
+        if "behaviour_beta" in ds.attrs:
+            return [float(b) for b in np.atleast_1d(ds.attrs["behaviour_beta"])]
+    return None
+
+
 def reward_function(model) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """The posterior-mean reward ``E_q[r | obs, a] = mu_phi(obs, a)`` of a fitted model, as a numpy function."""
     import torch
@@ -201,6 +209,7 @@ def fit_control(config: Mapping[str, Any], work_dir: Path, progress: bool) -> Co
         "ppo_timesteps": ppo_timesteps,
         "eval_episodes": episodes,
         "reward_offset": offset,
+        "behaviour_beta": _behaviour_beta(feedback),
         "simulate_seconds": simulate_seconds,
         "fit_seconds": result.fit_seconds,
         "retrain_seconds": retrain_seconds,

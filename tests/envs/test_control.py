@@ -153,4 +153,5 @@ def test_mixed_behaviour_policies_alternate_over_envs():
     np.testing.assert_array_equal(actions, [0, 1, 2, 0, 1, 2, 0])
     teacher = ControlTeacher("Acrobot-v1", lambda obs: np.zeros((*np.shape(obs)[:-1], 3)))
     assert teacher.behaviour_beta == (0.0, 1.0) and teacher.attrs["behaviour_beta"] == [0.0, 1.0]
-    assert ControlTeacher("CartPole-v1", upright_q).behaviour_beta == (0.0,)
+    assert ControlTeacher("CartPole-v1", upright_q).behaviour_beta == (0.0, 1.0)
+    assert CONTROL_ENVS["LunarLander-v3"].behaviour_beta == (0.0,)  # the paper's uniform queries

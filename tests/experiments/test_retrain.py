@@ -89,6 +89,7 @@ def test_cartpole_command_end_to_end(tmp_path):
                 "retrain_seconds", "evaluate_seconds", "total_seconds"):
         assert math.isfinite(metrics[key]), key
     assert metrics["ppo_timesteps"] == 2000 and metrics["env"] == "CartPole-v1"
+    assert metrics["behaviour_beta"] == [0.0, 1.0]  # the env's query policies, read back from the simulated data
     assert 8 <= metrics["mean_return"] <= 500
     config = json.loads((out / "config.json").read_text())
     assert config["feedback"] == "pref=16,demo=1,rating=16,stop=16"
