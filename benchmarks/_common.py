@@ -118,3 +118,19 @@ def write_section(section: str, header: str, path: Path = RESULTS) -> None:
         f.write(new_text)
     os.chmod(tmp, 0o644)  # mkstemp creates 0600; a results file is for everyone to read
     os.replace(tmp, path)
+
+
+def kept_notes(header: str, path: Path = RESULTS) -> str | None:
+    """The hand-written ``### Notes`` subsection of one section of ``path`` (``None`` if it has none), so a script
+    that rewrites its section can keep them.
+
+    Args:
+        header: the section's level-2 header line.
+        path: the results file.
+    """
+    if not path.exists():
+        return None
+    # From the header to its notes without crossing another level-2 header; the notes end at the next one.
+    match = re.search(rf"^{re.escape(header)}\n(?:(?!^## ).)*?(^### Notes\n.*?)(?=^## |\Z)", path.read_text(),
+                      re.MULTILINE | re.DOTALL)
+    return match.group(1).rstrip("\n") if match else None

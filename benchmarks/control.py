@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS, machine, write_section
+from _common import kept_notes, machine, write_section
 
 from mavrl_ppl.analysis.baseline_table import parse_seeds
 
@@ -111,16 +110,6 @@ def section(runs: list[dict], notes: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def existing_notes() -> str | None:
-    if not RESULTS.exists():
-        return None
-    text = RESULTS.read_text()
-    # The notes of THIS section only: the text before them may not cross another level-2 header.
-    match = re.search(rf"^{re.escape(HEADER)}\n(?:(?!^## ).)*?(^### Notes\n.*?)(?=^## |\Z)", text,
-                      re.MULTILINE | re.DOTALL)
-    return match.group(1) if match else None
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--envs", default="CartPole-v1")
@@ -147,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             runs = json.loads(RUNS.read_text()) if RUNS.exists() else []  # re-read: other runs may have written
             runs = [r for r in runs if not (r["env"] == env_id and r["seed"] == seed)] + [metrics]
             RUNS.write_text(json.dumps(runs, indent=1, sort_keys=True, default=float) + "\n")
-            write_section(section(runs, existing_notes()), HEADER)
+            write_section(section(runs, kept_notes(HEADER)), HEADER)
     return 0
 
 

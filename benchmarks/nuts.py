@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import sys
 import time
@@ -34,7 +33,7 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 
-from _common import RESULTS, machine, mean_se, write_section
+from _common import RESULTS, kept_notes, machine, mean_se, write_section
 
 from mavrl_ppl.analysis.baseline_table import parse_seeds
 from mavrl_ppl.baselines.mcmc import NutsSettings, run_nuts, set_host_devices
@@ -136,7 +135,6 @@ def row_from_run(run: Path) -> dict:
 
 
 SECTION = "## NUTS baseline (issue 4)"
-NOTES = "### Notes"
 
 
 def q_scheme_timings() -> list[dict]:
@@ -237,10 +235,9 @@ def section(command, info, args, q_rows, rows, results_path) -> str:
             f"{mean_se([r['divergences'] for r in sub], 1)} | {mean_se([r['score'] for r in sub], 1)} | "
             f"{mean_se([r['epic'] for r in sub], 3)} | {mean_se([r['wall'] for r in sub], 0)} s |"
         )
-    text = results_path.read_text() if results_path.exists() else ""
-    kept = re.search(rf"^{re.escape(SECTION)}\n.*?(^{re.escape(NOTES)}\n.*?)(?=^## |\Z)", text, re.M | re.S)
-    if kept:
-        lines += ["", kept.group(1).rstrip("\n")]
+    notes = kept_notes(SECTION, results_path)
+    if notes:
+        lines += ["", notes]
     return "\n".join(lines) + "\n"
 
 
