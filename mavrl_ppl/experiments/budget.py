@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from mavrl_ppl.envs.control import CONTROL_ENVS
+
 FEEDBACK_TYPES: tuple[str, ...] = ("pref", "demo", "rating", "stop")
 LETTERS: dict[str, str] = {"p": "pref", "d": "demo", "r": "rating", "s": "stop"}
 
@@ -35,11 +37,9 @@ ALL_SUBSETS: tuple[str, ...] = (
 )
 
 # REFERENCE §3. Keys are the env families; :func:`env_family` maps an env name to one.
-FIXED_COUNTS: dict[str, dict[str, int]] = {
+FIXED_COUNTS: dict[str, dict[str, int]] = {  # the control envs' counts live in their specs (one source of truth)
     "grid": {"pref": 64, "demo": 1, "rating": 64, "stop": 256},
-    "cartpole": {"pref": 256, "demo": 4, "rating": 256, "stop": 64},
-    "acrobot": {"pref": 256, "demo": 4, "rating": 256, "stop": 64},
-    "lunarlander": {"pref": 256, "demo": 32, "rating": 256, "stop": 256},
+    **{env_id.split("-")[0].lower(): dict(spec.allocation) for env_id, spec in CONTROL_ENVS.items()},
 }
 BUDGETS: dict[str, int] = {"grid": 64, "cartpole": 64, "acrobot": 64, "lunarlander": 256}
 BUDGET_CAPS: dict[str, dict[str, int]] = {
