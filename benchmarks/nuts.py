@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init", default="mode", help="chain starts: mode or prior (NutsSettings.init)")
     parser.add_argument("--init-scale", type=float, default=0.25, help="NutsSettings.init_scale")
     parser.add_argument("--devices", type=int, default=None, help="host devices (default: one per core)")
+    parser.add_argument("--stop-lapse", type=float, default=0.0,
+                        help="simulate and fit stops with this lapse rate (feedback/stop.py; 0 = the paper's model)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     parser.add_argument("--from-runs", type=Path, default=None,
                         help="tabulate DIR/runs/nuts_<env>_seed<S> of a baseline table instead of sampling")
@@ -86,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             start = time.perf_counter()
             mdp = make_tabular(env)
-            feedback = simulate_feedback(TabularTeacher(mdp), counts, np.random.default_rng(seed))
+            feedback = simulate_feedback(TabularTeacher(mdp), counts, np.random.default_rng(seed),
+                                         {"stop": {"lapse": args.stop_lapse}})
             settings = NutsSettings(
                 num_chains=args.num_chains,
                 num_warmup=args.num_warmup,
@@ -106,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             row = {
                 "env": env,
                 "seed": seed,
+                "lapse": args.stop_lapse,
                 **result.diagnostics,
                 "mean_steps": float(stats["n_steps"].mean()),
                 "score": metrics["normalized_score"],
@@ -193,7 +197,8 @@ def section(command, info, args, q_rows, rows, results_path) -> str:
         "",
         f"Command: `{command}`. Settings: {args.num_chains} chains x {args.num_samples} draws after "
         f"{args.num_warmup} warm-up, max tree depth {args.max_tree_depth}, target accept {args.target_accept}; "
-        "data = paper allocation pref 64 / demo 1 / rating 64 / stop 256, `np.random.default_rng(seed)`; "
+        "data = paper allocation pref 64 / demo 1 / rating 64 / stop 256, `np.random.default_rng(seed)`, "
+        f"stop lapse {args.stop_lapse} (0 = the paper's model); "
         "score = normalised score of the greedy policy for the posterior-mean reward; wall = data simulation + "
         "NUTS (compilation included) + log-likelihood + InferenceData.",
         "",

@@ -29,9 +29,10 @@ DEFAULT_PPO_TIMESTEPS = {"CartPole-v1": 100_000, "Acrobot-v1": 200_000, "LunarLa
 #: has its own reward latent, so at kl_weight 1 the N(0, 1) prior of 32-64 steps outweighs each label and the
 #: posterior mean barely moves (measured on CartPole: alive/absorbing reward gap < 0.03); td_weight 0.1 lets the
 #: demonstrations and stops (which see the reward only through the Q-network) shape the reward without the
-#: Bellman term dominating the fit.
-CONTROL_SVI = {"encoder_input": "state_action", "kl_weight": 0.05, "td_weight": 0.1, "max_steps": 600,
-               "batch_size": 64, "eval_every": 25, "patience": 8}
+#: Bellman term dominating the fit. ``q_model`` is stated for the record: without known dynamics SVI always uses the
+#: Q-network (``fit_svi(mdp=None)``), and config.json should say so.
+CONTROL_SVI = {"q_model": "network", "encoder_input": "state_action", "kl_weight": 0.05, "td_weight": 0.1,
+               "max_steps": 600, "batch_size": 64, "eval_every": 25, "patience": 8}
 #: Simulator settings on control envs (REFERENCE §3): segments of 32 steps; rationalities as on the grids.
 CONTROL_SIMULATION = {"pref": {"segment_length": 32}, "rating": {"segment_length": 32}, "stop": {"segment_length": 32}}
 

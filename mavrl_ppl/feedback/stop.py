@@ -1,4 +1,12 @@
-"""Stop signals: a discrete-time hazard on cumulative regret (REFERENCE §1)."""
+"""Stop signals: a discrete-time hazard on cumulative regret (REFERENCE §1), optionally with a lapse rate.
+
+The reference hazard is ``h_t = 1 - exp(-lambda C_t)``. A data set's ``lapse`` attribute ``epsilon`` (absent = 0,
+the reference model) mixes in stops that ignore the regret: ``h_t = epsilon + (1 - epsilon) (1 - exp(-lambda C_t))``.
+Real people press "stop" by mistake now and then, and a stop where the sampled reward sees no regret then costs
+``log epsilon`` instead of ``-inf``. The reference likelihood is a log barrier at zero regret
+(``log h ~ log(lambda C)``), whose unbounded curvature is where NUTS's divergent transitions come from
+(``benchmarks/RESULTS.md``, NUTS notes).
+"""
 
 from __future__ import annotations
 
@@ -37,19 +45,24 @@ def cumulative_regret(q, action, valid, rho: float):
 
 def log_likelihood(batch, latents: Latents, params):
     """``log h_tau + sum_{t<tau} log(1 - h_t)`` (or ``sum_t log(1 - h_t)`` if censored, ``tau = -1``), with
-    ``h_t = 1 - exp(-lambda C_t)`` and zero hazard on invalid steps."""
+    ``h_t = epsilon + (1 - epsilon) (1 - exp(-lambda C_t))`` (``epsilon`` = the ``lapse`` attribute, default 0) and zero
+    hazard on invalid steps."""
     xp = array_namespace(latents.q)
     valid = batch["valid"]
+    lapse = float(batch.get("lapse", 0.0))
     x = batch["lambda"] * cumulative_regret(latents.q, batch["action"], valid, batch["rho"])  # lambda * C_t
     tau = batch["stop_time"][..., None]
     steps = xp.arange(x.shape[-1])
-    survive = masked_sum(-x, valid & (steps < tau))  # censored items: tau = -1 -> sum over all valid steps
-    survive = xp.where(tau[..., 0] < 0, masked_sum(-x, valid), survive)
+    keep = math.log1p(-lapse) - x  # log(1 - h_t)
+    survive = masked_sum(keep, valid & (steps < tau))  # censored items: tau = -1 -> sum over all valid steps
+    survive = xp.where(tau[..., 0] < 0, masked_sum(keep, valid), survive)
     # The hazard term at the stop step only: one log1m_exp per item, not per step (10x fewer float64 transcendentals;
     # its own speed-up was within timing noise on a loaded machine). Censored items have no stop step and add 0.
     at_stop = steps == tau
     x_stop = masked_sum(x, at_stop)
     log_hazard = log1m_exp(-xp.maximum(x_stop, xp.full_like(x_stop, MIN_HAZARD)))
+    if lapse > 0.0:
+        log_hazard = xp.logaddexp(xp.full_like(log_hazard, math.log(lapse)), math.log1p(-lapse) + log_hazard)
     # Zero hazard on invalid steps (REFERENCE §1): a stop there has probability 0 (validation rejects such data).
     stop_is_valid = xp.any(at_stop & valid, axis=-1)
     log_hazard = xp.where(stop_is_valid, log_hazard, xp.full_like(log_hazard, -math.inf))
@@ -65,18 +78,22 @@ def simulate(
     rho: float = 0.1,
     c: float = 2.0,
     segment_length: int = 10,
+    lapse: float = 0.0,
 ):
-    """Stop times for ``count`` behaviour segments; ``lambda = c / median(max_t C_t)`` (the paper's calibration)."""
+    """Stop times for ``count`` behaviour segments; ``lambda = c / median(max_t C_t)`` (the paper's calibration), and
+    on every valid step a stop with probability ``lapse`` whatever the regret (0: the paper's teacher)."""
+    if not 0.0 <= lapse < 1.0:
+        raise ValueError(f"lapse must lie in [0, 1), got {lapse}")
     segments = teacher.segments((count,), segment_length, rng)
     cum = cumulative_regret(teacher.q(segments), segments["action"], segments["valid"], rho)
     median_peak = float(np.median(cum.max(-1)))
     if not median_peak > 0:
         raise ValueError("cannot calibrate lambda: the median segment has zero regret under the behaviour policy")
     lam = c / median_peak
-    hazard = np.where(segments["valid"], -np.expm1(-lam * cum), 0.0)
+    hazard = np.where(segments["valid"], lapse + (1.0 - lapse) * -np.expm1(-lam * cum), 0.0)
     stops = rng.random(hazard.shape) < hazard
     stop_time = np.where(stops.any(-1), stops.argmax(-1), -1)
-    attrs = {**teacher.attrs, "rho": rho, "lambda": lam, "c": c}
+    attrs = {**teacher.attrs, "rho": rho, "lambda": lam, "c": c, "lapse": lapse}
     return segment_dataset(segments, ("item", "step"), {"stop_time": (("item",), stop_time)}, attrs)
 
 
@@ -92,6 +109,13 @@ def _check(dataset):
     for name in ("rho", "lambda"):
         if name not in dataset.attrs:
             problems.append((name, -1, f"attribute {name!r} is missing"))
+    lapse = dataset.attrs.get("lapse", 0.0)
+    try:
+        in_range = 0.0 <= float(lapse) < 1.0
+    except (TypeError, ValueError):
+        in_range = False
+    if not in_range:
+        problems.append(("lapse", -1, f"attribute lapse must lie in [0, 1), got {lapse!r}"))
     return problems
 
 
@@ -106,7 +130,7 @@ STOP = register(
         log_likelihood=log_likelihood,
         simulate=simulate,
         check=_check,
-        defaults={"rho": 0.1, "c": 2.0, "segment_length": 10},
-        attrs=("lambda", "rho"),
+        defaults={"rho": 0.1, "c": 2.0, "segment_length": 10, "lapse": 0.0},
+        attrs=("lambda", "rho", "lapse"),
     )
 )

@@ -215,6 +215,13 @@ def test_registered_type_agrees_across_backends(name, fixed, teacher):
     compare(ft, simulate(ft, teacher), fixed)
 
 
+def test_stop_with_a_lapse_agrees_across_backends(teacher):
+    ft = registered()["stop"]
+    dataset = ft.simulate(teacher, ITEMS, np.random.default_rng(seed_of("stop")), lapse=0.05)
+    assert dataset.attrs["lapse"] == 0.05
+    compare(ft, dataset, fixed=True)
+
+
 def test_every_type_registered_now_agrees_across_backends(user_type, teacher):
     """Iterates the registry at run time: types registered by users (one defined in this module, plus any
     that a test registered since collection) are held to the same contract as the built-in ones."""

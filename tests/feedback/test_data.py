@@ -181,6 +181,8 @@ MALFORMED = {
     "num_actions zero": (_attr("demo", "num_actions", 0), "demo", "num_actions", None, ">= 1"),
     "num_actions float": (_attr("demo", "num_actions", 5.0), "demo", "num_actions", None, ">= 1"),
     "lambda missing": (_attr("stop", "lambda", None), "stop", "lambda", None, "missing"),
+    "lapse of one": (_attr("stop", "lapse", 1.0), "stop", "lapse", None, "[0, 1)"),
+    "lapse text": (_attr("stop", "lapse", "often"), "stop", "lapse", None, "[0, 1)"),
     "num_categories missing": (_attr("rating", "num_categories", None), "rating", "num_categories", None, "missing"),
     "num_categories text": (_attr("rating", "num_categories", "five"), "rating", "num_categories", None, ">= 2"),
     "num_categories float": (_attr("rating", "num_categories", 4.7), "rating", "num_categories", None, ">= 2"),

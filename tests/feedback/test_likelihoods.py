@@ -267,15 +267,16 @@ def test_ordered_cutpoints_increase():
 # -- stop signals --------------------------------------------------------------------------------------------
 
 
-def stop_reference(q, action, valid, stop_time, lam, rho):
-    """REFERENCE §1 hazard model, one item and one step at a time (loops are fine in a test)."""
+def stop_reference(q, action, valid, stop_time, lam, rho, lapse=0.0):
+    """REFERENCE §1 hazard model (with the lapse mixture of feedback/stop.py), one item and one step at a time (loops
+    are fine in a test)."""
     out = np.zeros(len(stop_time))
     for i in range(len(stop_time)):
         cum, logp = 0.0, 0.0
         for t in range(q.shape[1]):
             regret = q[i, t].max() - q[i, t, action[i, t]] if valid[i, t] else 0.0
             cum = rho * cum + regret
-            hazard = 1.0 - math.exp(-lam * cum) if valid[i, t] else 0.0
+            hazard = lapse + (1.0 - lapse) * (1.0 - math.exp(-lam * cum)) if valid[i, t] else 0.0
             if t == stop_time[i]:
                 logp += math.log(hazard) if hazard > 0 else -math.inf
                 break
@@ -311,7 +312,23 @@ def test_stop_matches_loop_reference_with_gaps_in_validity():
     np.testing.assert_allclose(got.numpy(), stop_reference(q, action, valid, stop_time, 0.9, 0.3), rtol=TOL, atol=TOL)
 
 
-def test_stop_probabilities_over_all_stop_times_sum_to_one():
+def test_stop_with_a_lapse_matches_loop_reference():
+    problem = stop_problem(np.random.default_rng(12))
+    b = {**problem["batch"], "lapse": 0.03}
+    expected = stop_reference(
+        problem["latents"]["q"], b["action"].numpy(), problem["valid"], b["stop_time"].numpy(), b["lambda"], b["rho"],
+        lapse=0.03,
+    )
+    got = STOP.log_likelihood(b, Latents(q=f64(problem["latents"]["q"])), {})
+    np.testing.assert_allclose(got.numpy(), expected, rtol=TOL, atol=TOL)
+    without = stop_reference(
+        problem["latents"]["q"], b["action"].numpy(), problem["valid"], b["stop_time"].numpy(), b["lambda"], b["rho"]
+    )
+    assert np.abs(expected - without).min() > 1e-3  # the lapse changes every item's probability
+
+
+@pytest.mark.parametrize("lapse", [0.0, 0.1])
+def test_stop_probabilities_over_all_stop_times_sum_to_one(lapse):
     rng = np.random.default_rng(11)
     length = 8
     valid = np.array([[True, True, False, True, True, True, False, False]])  # a gap and end padding
@@ -326,6 +343,7 @@ def test_stop_probabilities_over_all_stop_times_sum_to_one():
             "stop_time": as_int([tau]),
             "lambda": 0.8,
             "rho": 0.5,
+            "lapse": lapse,
         }
         logp[tau] = STOP.log_likelihood(batch, Latents(q=f64(q)), {})[0]
     total = sum(torch.exp(v) for v in logp.values())
@@ -343,6 +361,17 @@ def test_stop_at_zero_regret_is_finite_and_unlikely():
     ll = STOP.log_likelihood(batch, Latents(q=q), {})
     (grad,) = torch.autograd.grad(ll.sum(), q)
     assert torch.isfinite(ll).all() and ll.item() < math.log(1e-6)
+    assert torch.isfinite(grad).all()
+
+
+def test_a_lapse_makes_a_stop_at_zero_regret_cost_log_lapse():
+    # No barrier: P(stop at 0 | C_0 = 0) = lapse exactly, and the gradient is finite (zero in the greedy action's Q).
+    q = f64([[[1.0, 0.0, -1.0, 0.5]]], grad=True)
+    batch = {"valid": as_bool([[True]]), "action": as_int([[0]]), "stop_time": as_int([0]), "lambda": 1.0, "rho": 0.1,
+             "lapse": 0.02}
+    ll = STOP.log_likelihood(batch, Latents(q=q), {})
+    (grad,) = torch.autograd.grad(ll.sum(), q)
+    torch.testing.assert_close(ll, f64([math.log(0.02 + 0.98 * -math.expm1(-1e-8))]), rtol=1e-12, atol=0)
     assert torch.isfinite(grad).all()
 
 

@@ -153,11 +153,12 @@ def cumulative_regret_loop(q_star, state, action, valid, rho):
     return c
 
 
-def test_stops_follow_the_regret_hazard():
+@pytest.mark.parametrize("lapse", [0.0, 0.05])
+def test_stops_follow_the_regret_hazard(lapse):
     n, rho, c = 5000, 0.1, 2.0
     teacher = PaddedTeacher(make_grid("cliff", 6))
-    ds = get_feedback_type("stop").simulate(teacher, n, np.random.default_rng(31))
-    assert (ds.attrs["rho"], ds.attrs["c"]) == (rho, c)
+    ds = get_feedback_type("stop").simulate(teacher, n, np.random.default_rng(31), lapse=lapse)
+    assert (ds.attrs["rho"], ds.attrs["c"], ds.attrs["lapse"]) == (rho, c, lapse)
     valid = ds["valid"].values
     cum = cumulative_regret_loop(teacher.q_star, ds["state"].values, ds["action"].values, valid, rho)
     # lambda = c / median over segments of the max cumulative regret (over valid steps); exact up to rounding.
@@ -170,8 +171,8 @@ def test_stops_follow_the_regret_hazard():
     assert np.all(valid[np.flatnonzero(stopped), tau[stopped]]), "a stop at a padded step"
     assert np.all(tau < valid.sum(-1)), "valid steps are a prefix here, so tau < number of valid steps"
 
-    def check(lam):
-        h = np.where(valid, 1.0 - np.exp(-lam * cum), 0.0)
+    def check(lam, lapse):
+        h = np.where(valid, lapse + (1.0 - lapse) * (1.0 - np.exp(-lam * cum)), 0.0)
         survive = np.cumprod(1.0 - h, axis=-1)
         p_stop = 1.0 - survive[:, -1]  # 1 - prod_t (1 - h_t)
         before = np.concatenate([np.ones((n, 1)), survive[:, :-1]], axis=1)
@@ -184,8 +185,9 @@ def test_stops_follow_the_regret_hazard():
         assert len(z) >= 5
         return np.abs(z).max()
 
-    assert check(ds.attrs["lambda"]) < Z_MAX
-    assert check(2 * ds.attrs["lambda"]) > Z_MAX  # power: a wrong calibration is rejected
+    assert check(ds.attrs["lambda"], lapse) < Z_MAX
+    assert check(2 * ds.attrs["lambda"], lapse) > Z_MAX  # power: a wrong calibration is rejected
+    assert check(ds.attrs["lambda"], 0.0 if lapse else 0.15) > Z_MAX  # ... and so is a wrong lapse rate
 
 
 # ---------------------------------------------------------------------------------------- demonstrations

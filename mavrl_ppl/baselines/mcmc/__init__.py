@@ -9,17 +9,20 @@ from mavrl_ppl.baselines.mcmc.diagnostics import RHAT_MAX, nuts_diagnostics
 from mavrl_ppl.baselines.mcmc.model import TabularFeedbackModel, make_model
 from mavrl_ppl.baselines.mcmc.planning import optimal_policy, q_star_exact, q_star_sweeps
 from mavrl_ppl.baselines.mcmc.plots import plot_nuts_diagnostics
+from mavrl_ppl.baselines.mcmc.potential import ModelFunctions, model_functions
 from mavrl_ppl.baselines.mcmc.sampler import NutsResult, NutsSettings, run_nuts
 
 enable_x64()
 
 __all__ = [
     "RHAT_MAX",
+    "ModelFunctions",
     "NutsResult",
     "NutsSettings",
     "TabularFeedbackModel",
     "enable_x64",
     "make_model",
+    "model_functions",
     "nuts_diagnostics",
     "optimal_policy",
     "plot_nuts_diagnostics",

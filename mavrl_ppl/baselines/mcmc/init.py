@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
-from numpyro.infer.util import initialize_model
+
+from mavrl_ppl.baselines.mcmc.potential import zeros_like_shapes
 
 #: Adam settings of the mode search: the step decays geometrically from ``MODE_LR`` to ``MODE_LR * MODE_LR_FINAL``.
 MODE_STEPS = 3000
@@ -77,8 +78,8 @@ def _adam(potential: Callable, x0: jax.Array, steps: int) -> tuple[jax.Array, ja
 
 
 def dispersed_starts(
-    model: Callable,
-    inputs: Any,
+    potential: Callable[[dict[str, Any]], Any],
+    shapes: dict[str, jax.ShapeDtypeStruct],
     num_chains: int,
     rng: np.random.Generator,
     *,
@@ -88,8 +89,8 @@ def dispersed_starts(
     """One starting point per chain, drawn from ``N(mode, scale^2 H^-1)`` in the unconstrained space.
 
     Args:
-        model: the NumPyro model (called as ``model(inputs)``).
-        inputs: its argument.
+        potential: the potential energy of unconstrained site values (``ModelFunctions.potential``).
+        shapes: the sites' shapes (``ModelFunctions.shapes``); the search starts from zero in every site.
         num_chains: how many starting points.
         rng: source of the draws (the mode search itself is deterministic: it starts from zero).
         scale: multiplies the approximation's standard deviations; above 1 spreads the chains wider.
@@ -102,14 +103,13 @@ def dispersed_starts(
         raise ValueError(f"num_chains must be positive, got {num_chains}")
     if not scale > 0:
         raise ValueError(f"scale must be positive, got {scale}")
-    info = initialize_model(jax.random.PRNGKey(0), model, model_args=(inputs,))
-    flat, unravel = ravel_pytree(info.param_info.z)
+    flat, unravel = ravel_pytree(zeros_like_shapes(shapes))
 
-    def potential(x):
-        return info.potential_fn(unravel(x))
+    def flat_potential(x):
+        return potential(unravel(x))
 
-    mode, mode_potential = jax.jit(_adam, static_argnums=(0, 2))(potential, jnp.zeros_like(flat), mode_steps)
-    hessian = np.asarray(jax.jit(jax.hessian(potential))(mode))
+    mode, mode_potential = jax.jit(_adam, static_argnums=(0, 2))(flat_potential, flat, mode_steps)
+    hessian = np.asarray(jax.jit(jax.hessian(flat_potential))(mode))
     eigenvalues, eigenvectors = np.linalg.eigh((hessian + hessian.T) / 2)
     root_cov = eigenvectors / np.sqrt(np.maximum(eigenvalues, MIN_CURVATURE))  # cov = root_cov @ root_cov.T
     draws = np.asarray(mode)[None] + scale * rng.standard_normal((num_chains, flat.shape[0])) @ root_cov.T

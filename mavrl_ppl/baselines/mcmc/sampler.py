@@ -13,12 +13,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from numpyro.infer import MCMC, NUTS
-from numpyro.infer.util import log_likelihood as numpyro_log_likelihood
 
 from mavrl_ppl.baselines.mcmc.devices import enable_x64
 from mavrl_ppl.baselines.mcmc.diagnostics import arviz, nuts_diagnostics
 from mavrl_ppl.baselines.mcmc.init import dispersed_starts
 from mavrl_ppl.baselines.mcmc.model import make_model, nuisance_sites
+from mavrl_ppl.baselines.mcmc.potential import model_functions, uniform_starts
 from mavrl_ppl.envs.tabular import TabularMDP
 
 CHAIN_METHODS = ("auto", "parallel", "vectorized", "sequential")
@@ -152,8 +152,9 @@ _STAT_FIELDS = {
 }
 
 
-def build_mcmc(model: Callable, settings: NutsSettings, inverse_mass_matrix: Any = None) -> MCMC:
-    """NumPyro ``MCMC`` with a NUTS kernel on ``model`` as ``settings`` ask (chain method resolved for this host).
+def build_mcmc(potential: Callable, settings: NutsSettings, inverse_mass_matrix: Any = None) -> MCMC:
+    """NumPyro ``MCMC`` with a NUTS kernel on the potential energy ``potential`` (unconstrained site values ->
+    ``-log p``) as ``settings`` ask (chain method resolved for this host). Run it with ``init_params``.
 
     ``inverse_mass_matrix`` (diagonal, flattened unconstrained order) is where the mass-matrix adaptation starts
     (default: the identity).
@@ -161,7 +162,7 @@ def build_mcmc(model: Callable, settings: NutsSettings, inverse_mass_matrix: Any
     With ``settings.progress_bar`` every chain gets a tqdm bar that advances while it samples, whatever the chain
     method; NumPyro's own bars are used (see the comment below for the device-split method)."""
     kernel = NUTS(
-        model,
+        potential_fn=potential,
         target_accept_prob=settings.target_accept_prob,
         max_tree_depth=settings.max_tree_depth,
         dense_mass=settings.dense_mass,
@@ -208,18 +209,30 @@ def run_nuts(mdp: TabularMDP, feedback: Mapping[str, Any], settings: NutsSetting
     enable_x64()
     start = time.perf_counter()
     model, inputs = make_model(mdp, feedback, q_method=settings.q_method)
-    starts = None
+    functions = model_functions(model, inputs)
+    inverse_mass = None
     if settings.init == "mode":
         rng = np.random.default_rng(settings.seed)
-        starts = dispersed_starts(model, inputs, settings.num_chains, rng, scale=settings.init_scale)
+        starts = dispersed_starts(
+            functions.potential, functions.shapes, settings.num_chains, rng, scale=settings.init_scale
+        )
+        init_params, inverse_mass = starts.init_params, starts.scale**2
+    else:
+        init_params = uniform_starts(functions.shapes, settings.num_chains, jax.random.PRNGKey(settings.seed))
     init_seconds = time.perf_counter() - start
-    mcmc = build_mcmc(model, settings, None if starts is None else starts.scale**2)
+    mcmc = build_mcmc(functions.potential, settings, inverse_mass)
     chain_method = mcmc.chain_method
-    init_params = None if starts is None else starts.init_params
-    if init_params is not None and settings.num_chains == 1:
+    if settings.num_chains == 1:
         init_params = jax.tree.map(lambda x: x[0], init_params)
-    mcmc.run(jax.random.PRNGKey(settings.seed), inputs, init_params=init_params, extra_fields=tuple(_STAT_FIELDS))
-    samples = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
+    mcmc.run(jax.random.PRNGKey(settings.seed), init_params=init_params, extra_fields=tuple(_STAT_FIELDS))
+    latent = mcmc.get_samples(group_by_chain=True)
+    num_chains, num_draws = jax.tree.leaves(latent)[0].shape[:2]
+    flat = jax.tree.map(lambda v: v.reshape(num_chains * num_draws, *v.shape[2:]), latent)
+
+    def by_chain(values: dict) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v).reshape(num_chains, num_draws, *v.shape[1:]) for k, v in values.items()}
+
+    samples = {**by_chain(flat), **by_chain(functions.deterministic(flat))}
     stats = {_STAT_FIELDS[k]: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
     stats["lp"] = -stats["lp"]
     # A trajectory of n leapfrog steps has depth floor(log2 n) + 1 (2^d - 1 steps fill a tree of depth d).
@@ -228,9 +241,7 @@ def run_nuts(mdp: TabularMDP, feedback: Mapping[str, Any], settings: NutsSetting
 
     log_lik = None
     if settings.log_likelihood:
-        flat = {k: jnp.asarray(v.reshape(-1, *v.shape[2:])) for k, v in samples.items()}
-        values = numpyro_log_likelihood(model, flat, inputs)
-        log_lik = {k: np.asarray(v).reshape(*samples["reward"].shape[:2], -1) for k, v in values.items()}
+        log_lik = {k: v.reshape(num_chains, num_draws, -1) for k, v in by_chain(functions.log_likelihood(flat)).items()}
 
     dims, shape = reward_layout(mdp)
     reward = samples["reward"].reshape(*samples["reward"].shape[:2], *shape)

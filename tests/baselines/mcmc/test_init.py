@@ -8,6 +8,7 @@ import pytest
 
 from mavrl_ppl.baselines.mcmc import NutsSettings, enable_x64, make_model
 from mavrl_ppl.baselines.mcmc.init import dispersed_starts
+from mavrl_ppl.baselines.mcmc.potential import model_functions, zeros_like_shapes
 from mavrl_ppl.envs import make_tabular
 from mavrl_ppl.feedback import TabularTeacher, simulate_feedback
 
@@ -37,7 +38,8 @@ def conjugate_posterior():
 
 def test_the_mode_and_spread_of_a_gaussian_posterior_are_its_mean_and_sd():
     mean, sd = conjugate_posterior()
-    starts = dispersed_starts(conjugate_model, jnp.asarray(OBSERVED), 4, np.random.default_rng(0))
+    functions = model_functions(conjugate_model, jnp.asarray(OBSERVED))
+    starts = dispersed_starts(functions.potential, functions.shapes, 4, np.random.default_rng(0))
     # Adam on a quadratic with a step decaying to 5e-4 ends within ~1e-5 of the minimum (measured 1e-15).
     np.testing.assert_allclose(np.asarray(starts.mode["x"]), mean, atol=1e-4)
     # The Hessian of a quadratic potential is exact, so the spread is the posterior sd to round-off.
@@ -48,7 +50,8 @@ def test_the_mode_and_spread_of_a_gaussian_posterior_are_its_mean_and_sd():
 @pytest.mark.parametrize("scale", [1.0, 2.0])
 def test_starts_are_spread_as_the_approximation_times_scale(scale):
     mean, sd = conjugate_posterior()
-    starts = dispersed_starts(conjugate_model, jnp.asarray(OBSERVED), 3000, np.random.default_rng(1), scale=scale)
+    functions = model_functions(conjugate_model, jnp.asarray(OBSERVED))
+    starts = dispersed_starts(functions.potential, functions.shapes, 3000, np.random.default_rng(1), scale=scale)
     whitened = (np.asarray(starts.init_params["x"]) - mean) / sd
     # 3000 x 3 standard-normal draws times `scale`: the sample sd is within 3% of `scale` (its relative standard
     # error is 1/sqrt(2 * 9000) = 0.75%), and the sample mean within 0.05 * scale (SE 0.018 * scale).
@@ -61,14 +64,12 @@ def test_on_the_feedback_model_the_mode_beats_the_prior_mean_and_the_same_rng_gi
     feedback = simulate_feedback(TabularTeacher(mdp), {"pref": 12, "demo": 1, "rating": 12, "stop": 16},
                                  np.random.default_rng(0))
     model, inputs = make_model(mdp, feedback)
-    first = dispersed_starts(model, inputs, 4, np.random.default_rng(3), mode_steps=500)
-    second = dispersed_starts(model, inputs, 4, np.random.default_rng(3), mode_steps=500)
+    functions = model_functions(model, inputs)
+    first = dispersed_starts(functions.potential, functions.shapes, 4, np.random.default_rng(3), mode_steps=500)
+    second = dispersed_starts(functions.potential, functions.shapes, 4, np.random.default_rng(3), mode_steps=500)
     for site, value in first.init_params.items():
         np.testing.assert_array_equal(np.asarray(value), np.asarray(second.init_params[site]))
-    from numpyro.infer.util import initialize_model
-
-    info = initialize_model(jax.random.PRNGKey(0), model, model_args=(inputs,))
-    at_zero = float(info.potential_fn(jax.tree.map(jnp.zeros_like, info.param_info.z)))
+    at_zero = float(functions.potential(zeros_like_shapes(functions.shapes)))
     assert first.mode_potential < at_zero - 1.0
     rewards = np.asarray(first.init_params["reward"])
     assert rewards.shape == (4, mdp.num_groups)
@@ -82,10 +83,11 @@ def test_bad_init_settings_are_rejected(field, value):
 
 
 def test_dispersed_starts_rejects_bad_arguments():
+    functions = model_functions(conjugate_model, jnp.asarray(OBSERVED))
     with pytest.raises(ValueError, match="num_chains"):
-        dispersed_starts(conjugate_model, jnp.asarray(OBSERVED), 0, np.random.default_rng(0))
+        dispersed_starts(functions.potential, functions.shapes, 0, np.random.default_rng(0))
     with pytest.raises(ValueError, match="scale"):
-        dispersed_starts(conjugate_model, jnp.asarray(OBSERVED), 2, np.random.default_rng(0), scale=-1.0)
+        dispersed_starts(functions.potential, functions.shapes, 2, np.random.default_rng(0), scale=-1.0)
 
 
 def test_the_command_line_nuts_defaults_are_the_settings_defaults():

@@ -107,13 +107,29 @@ def test_all_four_types_on_a_small_grid_converge_and_recover_the_reward():
     mdp = make_tabular("grid_trap", size=4)
     feedback = simulate_feedback(TabularTeacher(mdp), ALL_FOUR, np.random.default_rng(0))
     # Chains start around the mode (NutsSettings.init "mode", at 1 sd): 4 x 1500 draws gave R-hat 1.003, ESS 990 (from
-    # NumPyro's default start: 1.0096 and ~390). One transition of the 6000 diverged, at target_accept 0.8 and at 0.9
-    # alike (Q* has kinks in the reward, see RESULTS.md), so the bound allows 2 (0.03 %) rather than none.
+    # NumPyro's default start: 1.0096 and ~390). Divergent transitions: 1 of the 6000 at target_accept 0.8 and at 0.9
+    # alike, and 3 once the model's functions were compiled as one program (the chains then differ by round-off, and
+    # NUTS trajectories amplify it). They come from the stop likelihood's log barrier at zero regret (the lapse test
+    # below has none), so the bound allows 0.1 % of the draws (6) rather than none.
     result = run_nuts(mdp, feedback, NutsSettings(num_warmup=500, num_samples=1500, seed=0, progress_bar=False))
     d = result.diagnostics
     assert d["rhat_max"] <= 1.01, d
     assert d["ess_bulk_min"] >= 400, d
-    assert d["divergences"] <= 2, d
+    assert d["divergences"] <= 6, d
+    mean = result.idata.posterior["reward"].mean(("chain", "draw")).values
+    assert np.corrcoef(mean, mdp.group_rewards)[0, 1] > 0.8
+
+
+@pytest.mark.slow
+def test_with_a_stop_lapse_the_small_grid_has_no_divergent_transition():
+    """The same problem with stops simulated and fitted under a 2 % lapse rate (feedback/stop.py): the stop likelihood
+    has no log barrier, and NUTS has no divergent transition at all."""
+    mdp = make_tabular("grid_trap", size=4)
+    feedback = simulate_feedback(TabularTeacher(mdp), ALL_FOUR, np.random.default_rng(0), {"stop": {"lapse": 0.02}})
+    result = run_nuts(mdp, feedback, NutsSettings(num_warmup=500, num_samples=1500, seed=0, progress_bar=False))
+    d = result.diagnostics
+    assert d["divergences"] == 0, d
+    assert d["rhat_max"] <= 1.01 and d["ess_bulk_min"] >= 400, d
     mean = result.idata.posterior["reward"].mean(("chain", "draw")).values
     assert np.corrcoef(mean, mdp.group_rewards)[0, 1] > 0.8
 
