@@ -52,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--p-rand", type=float, default=None, help="probability of a random move (default 0)")
     p.add_argument("--feedback", default=None, help=f"simulated counts per type (default {DEFAULT_FEEDBACK}; "
                    "control envs: the paper's allocation, e.g. pref=256,demo=4,rating=256,stop=64)")
+    p.add_argument("--simulate", action="append", default=None, metavar="TYPE.SETTING=VALUE",
+                   help="a simulator setting, e.g. stop.lapse=0.01 or pref.beta=2 (repeatable; TOML: [simulate.stop])")
     p.add_argument("--data", type=Path, default=None, help="fit this feedback.nc instead of simulating")
     p.add_argument("--seed", type=int, default=None, help="seed of the simulation and the inference (default 0)")
     p.add_argument("--out", type=Path, default=None, help="run directory (default runs/<inference>_<env>_seed<seed>)")
@@ -81,6 +83,7 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     """Defaults < config file < command line; every resolved setting ends up in config.json."""
     config: dict[str, Any] = {"inference": "svi", "env": "grid_trap", "env_size": None, "p_rand": 0.0,
                               "feedback": None, "data": None, "seed": 0, "svi": {}, "nuts": {}, "plugin": [],
+                              "simulate": {},
                               "ppo_timesteps": None, "eval_episodes": 100}
     if args.config is not None:
         try:
@@ -93,13 +96,18 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
         for key, value in loaded.items():
             config[key] = {**config[key], **value} if isinstance(config[key], dict) else value
     for key, value in vars(args).items():
-        if value is None or key in ("config", "out", "overwrite", "allow_unconverged", "quiet"):
+        if value is None or key in ("config", "out", "overwrite", "allow_unconverged", "quiet", "simulate"):
             continue
         if "." in key:
             group, name = key.split(".", 1)
             config[group][name] = value
         else:
             config[key] = str(value) if isinstance(value, Path) else value
+    for item in args.simulate or []:
+        name, setting, value = parse_simulator_setting(item)
+        config["simulate"].setdefault(name, {})[setting] = value
+    if config["simulate"] and config["data"]:
+        raise UsageError("simulator settings (--simulate, [simulate]) apply to simulated feedback, not to --data")
     from mavrl_ppl.envs.control import is_control_env, paper_allocation
 
     if is_control_env(config["env"]):  # control envs: their own allocation and SVI defaults (experiments.control_fit)
@@ -119,6 +127,20 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
     config["svi"] = dataclasses.asdict(svi)
     config["nuts"] = {name: config["nuts"].get(name, default) for name, (_, default, _) in NUTS_FIELDS.items()}
     return config
+
+
+def parse_simulator_setting(text: str) -> tuple[str, str, Any]:
+    """``"stop.lapse=0.01"`` -> ``("stop", "lapse", 0.01)``; the value is read as a TOML value (numbers, booleans,
+    quoted strings), else kept as the bare string."""
+    key, sep, raw = text.partition("=")
+    name, dot, setting = key.strip().partition(".")
+    if not (sep and dot and name and setting and raw.strip()):
+        raise UsageError(f"--simulate {text!r}: expected TYPE.SETTING=VALUE, e.g. stop.lapse=0.01")
+    try:
+        value = tomllib.loads(f"value = {raw.strip()}")["value"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return name, setting.strip(), value
 
 
 def load_plugins(names: list[str]) -> None:
@@ -196,8 +218,11 @@ def run(config: dict[str, Any], out: Path, *, progress: bool, allow_unconverged:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         try:
-            feedback = simulate_feedback(TabularTeacher(mdp), counts, np.random.default_rng(config["seed"]))
-        except ValueError as exc:  # e.g. a stop teacher that cannot calibrate lambda on this env
+            feedback = simulate_feedback(TabularTeacher(mdp), counts, np.random.default_rng(config["seed"]),
+                                         config["simulate"])
+        except KeyError as exc:  # a simulator setting for a type that is not registered
+            raise UsageError(f"--simulate: {exc.args[0]}") from None
+        except ValueError as exc:  # a bad simulator setting, or a stop teacher that cannot calibrate lambda
             raise UsageError(f"cannot simulate feedback on {mdp.name}: {exc}") from None
     if not feedback:
         raise UsageError("no feedback to fit: every count is zero")

@@ -60,6 +60,11 @@ def test_posterior_opens_in_arviz_and_summarises(two_runs):
         (["--feedback", "pref=-3"], "pref"),
         (["--feedback", "gossip=4"], "gossip"),
         (["--q-model", "oracle"], "q_model"),
+        (["--simulate", "stop.gossip=1"], "gossip"),
+        (["--simulate", "nowhere.beta=1"], "nowhere"),
+        (["--simulate", "stop.lapse=1.5"], "lapse"),
+        (["--simulate", "stoplapse"], "TYPE.SETTING=VALUE"),
+        (["--simulate", "stop.lapse=0.1", "--data", "feedback.nc"], "--data"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, message):
@@ -68,6 +73,19 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, mess
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_simulator_settings_reach_the_data_and_the_config(tmp_path):
+    out = tmp_path / "run"
+    done = fit(*TINY, "--simulate", "stop.lapse=0.02", "--simulate", "pref.beta=2", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    from mavrl_ppl.feedback.data import load_feedback
+
+    feedback = load_feedback(out / "feedback.nc")
+    assert feedback["stop"].attrs["lapse"] == 0.02 and feedback["pref"].attrs["beta"] == 2
+    assert feedback["demo"].attrs["beta"] == 10.0  # other types keep their defaults
+    config = json.loads((out / "config.json").read_text())
+    assert config["simulate"] == {"stop": {"lapse": 0.02}, "pref": {"beta": 2}}
 
 
 def test_bad_data_file_exits_2(tmp_path):

@@ -60,15 +60,19 @@ def control_svi_config(overrides: Mapping[str, Any] | None = None) -> dict[str, 
 
 
 def control_feedback(env_id: str, counts: Mapping[str, int], seed: int,
-                     behaviour_beta: float | tuple[float, ...] | None = None) -> dict:
+                     behaviour_beta: float | tuple[float, ...] | None = None,
+                     settings: Mapping[str, Mapping[str, Any]] | None = None) -> dict:
     """Simulate a control feedback set with the committed expert as teacher (numpy seed ``seed``); the behaviour
-    policy of queried segments defaults to the env's (``ControlEnvSpec.behaviour_beta``)."""
+    policy of queried segments defaults to the env's (``ControlEnvSpec.behaviour_beta``); ``settings`` (type ->
+    simulator settings) override :data:`CONTROL_SIMULATION`."""
     from mavrl_ppl.experiments.experts import load_expert
     from mavrl_ppl.feedback.control_teacher import ControlTeacher, expert_q_function
     from mavrl_ppl.feedback.data import simulate_feedback
 
     teacher = ControlTeacher(env_id, expert_q_function(load_expert(env_id)), behaviour_beta=behaviour_beta)
-    return simulate_feedback(teacher, counts, np.random.default_rng(seed), CONTROL_SIMULATION)
+    merged = {name: {**CONTROL_SIMULATION.get(name, {}), **(settings or {}).get(name, {})}
+              for name in {**CONTROL_SIMULATION, **(settings or {})}}
+    return simulate_feedback(teacher, counts, np.random.default_rng(seed), merged)
 
 
 def check_feedback_matches(feedback: Mapping[str, Any], env_id: str, path: str) -> None:
@@ -162,8 +166,11 @@ def fit_control(config: Mapping[str, Any], work_dir: Path, progress: bool) -> Co
             raise ControlDataError(str(exc)) from None
         beta = config.get("behaviour_beta")  # None: the env's setting
         try:
-            feedback = control_feedback(env_id, counts, seed, tuple(beta) if isinstance(beta, list) else beta)
-        except ValueError as exc:  # e.g. a stop teacher that cannot calibrate lambda
+            feedback = control_feedback(env_id, counts, seed, tuple(beta) if isinstance(beta, list) else beta,
+                                        config.get("simulate"))
+        except KeyError as exc:  # a simulator setting for a type that is not registered
+            raise ControlDataError(f"--simulate: {exc.args[0]}") from None
+        except ValueError as exc:  # a bad simulator setting, or a stop teacher that cannot calibrate lambda
             raise ControlDataError(f"cannot simulate feedback on {env_id}: {exc}") from None
         if not feedback:
             raise ControlDataError("no feedback to fit: every count is zero")

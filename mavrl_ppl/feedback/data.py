@@ -18,6 +18,7 @@ What validation accepts (the choices DESIGN §2 leaves open):
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import secrets
@@ -477,11 +478,16 @@ def simulate_feedback(
 
     Raises:
         KeyError: a name in ``counts`` or ``settings`` is not a registered type (checked before any work).
-        ValueError: a count that is not a non-negative integer.
+        ValueError: a count that is not a non-negative integer, or a setting the type's simulator does not take.
     """
     settings = dict(settings or {})
     for name in [*counts, *settings]:
         get_feedback_type(name)  # KeyError naming the type
+    for name, options in settings.items():
+        accepted = _simulator_settings(get_feedback_type(name).simulate)
+        unknown = sorted(set(options) - accepted) if accepted is not None else []
+        if unknown:
+            raise ValueError(f"{name}: unknown simulator setting(s) {unknown}; known: {sorted(accepted)}")
     for name, count in counts.items():
         if isinstance(count, bool) or not isinstance(count, int | np.integer) or count < 0:
             raise ValueError(f"count for {name!r} must be a non-negative integer, got {count!r}")
@@ -494,6 +500,15 @@ def simulate_feedback(
         options = {**feedback_type.defaults, **settings.get(name, {})}
         out[name] = feedback_type.simulate(teacher, int(count), _type_rng(root, name), **options)
     return out
+
+
+def _simulator_settings(simulate: Any) -> set[str] | None:
+    """The keyword settings a simulator takes (after ``teacher, count, rng``); ``None`` if it takes ``**kwargs``."""
+    parameters = list(inspect.signature(simulate).parameters.values())[3:]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters if p.kind in (inspect.Parameter.KEYWORD_ONLY,
+                                                      inspect.Parameter.POSITIONAL_OR_KEYWORD)}
 
 
 def parse_counts(spec: str, known: Iterable[str] | None = None) -> dict[str, int]:

@@ -451,6 +451,8 @@ def test_simulate_counts_settings_and_errors(teacher):
         simulate_feedback(teacher, {"pref": 2}, rng, {"ranking": {}})
     with pytest.raises(ValueError, match="non-negative"):
         simulate_feedback(teacher, {"pref": -1}, rng)
+    with pytest.raises(ValueError, match=r"gossip.*known.*lapse"):  # a setting the stop simulator does not take
+        simulate_feedback(teacher, {"stop": 2}, rng, {"stop": {"gossip": 1}})
 
 
 def test_parse_counts():
