@@ -16,6 +16,10 @@ still checks the mixing inside the region that holds the mass.
 The mode is found by Adam on the potential (a ``lax.scan``, one compiled program): ``Q*`` makes the potential only
 piecewise smooth, which stalls quasi-Newton line searches (BFGS stopped after 6 iterations on grid_cliff), while a
 decaying-step first-order method does not care. The point need not be the exact mode; it only has to be in the bulk.
+Because the stop barrier walls the potential into basins and Adam stays in the one it starts in, there are
+``MODE_SEARCHES`` searches (one from zero, the rest from N(0, 1) draws, run together under ``vmap``) and the lowest
+potential wins: on grid_cliff seed 3 the search from zero ended at potential 764, random starts at 509-705, and three
+of four chains then sampled a basin ~20 nats below the one the fourth found (R-hat 1.53; ``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ MODE_STEPS = 3000
 MODE_LR = 0.05
 MODE_LR_FINAL = 0.01
 
+#: Independent Adam searches for the mode (one from zero, the others from N(0, 1) draws); the lowest potential wins.
+MODE_SEARCHES = 8
+
 #: Smallest eigenvalue kept in the Hessian: the prior gives every direction curvature >= 1 in the paper's models,
 #: this only guards a user model with flatter directions or a non-convex piece.
 MIN_CURVATURE = 1e-3
@@ -49,12 +56,14 @@ class ChainStarts(NamedTuple):
         mode_potential: the potential (negative log joint) there.
         scale: the per-coordinate standard deviation of the approximation (square root of the diagonal of
             ``H^-1``), flattened in NumPyro's order; a good first diagonal inverse mass matrix is ``scale**2``.
+        search_potentials: the final potential of every search (the first started from zero); ``mode`` is the lowest.
     """
 
     init_params: dict[str, Any]
     mode: dict[str, Any]
     mode_potential: float
     scale: np.ndarray
+    search_potentials: np.ndarray
 
 
 def _adam(potential: Callable, x0: jax.Array, steps: int) -> tuple[jax.Array, jax.Array]:
@@ -85,6 +94,7 @@ def dispersed_starts(
     *,
     scale: float = 1.0,
     mode_steps: int = MODE_STEPS,
+    num_searches: int = MODE_SEARCHES,
 ) -> ChainStarts:
     """One starting point per chain, drawn from ``N(mode, scale^2 H^-1)`` in the unconstrained space.
 
@@ -92,9 +102,11 @@ def dispersed_starts(
         potential: the potential energy of unconstrained site values (``ModelFunctions.potential``).
         shapes: the sites' shapes (``ModelFunctions.shapes``); the search starts from zero in every site.
         num_chains: how many starting points.
-        rng: source of the draws (the mode search itself is deterministic: it starts from zero).
+        rng: source of the searches' random origins and of the chains' draws.
         scale: multiplies the approximation's standard deviations; above 1 spreads the chains wider.
         mode_steps: Adam steps of the mode search.
+        num_searches: independent searches (the first from zero, the others from N(0, 1) draws of ``rng``); the
+            one that ends at the lowest potential is the mode.
 
     Returns:
         :class:`ChainStarts`.
@@ -103,12 +115,19 @@ def dispersed_starts(
         raise ValueError(f"num_chains must be positive, got {num_chains}")
     if not scale > 0:
         raise ValueError(f"scale must be positive, got {scale}")
+    if num_searches < 1:
+        raise ValueError(f"num_searches must be positive, got {num_searches}")
     flat, unravel = ravel_pytree(zeros_like_shapes(shapes))
 
     def flat_potential(x):
         return potential(unravel(x))
 
-    mode, mode_potential = jax.jit(_adam, static_argnums=(0, 2))(flat_potential, flat, mode_steps)
+    origins = np.concatenate([np.zeros((1, flat.shape[0])), rng.standard_normal((num_searches - 1, flat.shape[0]))])
+    search = jax.jit(jax.vmap(lambda x0: _adam(flat_potential, x0, mode_steps)))
+    modes, potentials = search(jnp.asarray(origins, dtype=flat.dtype) + flat)
+    potentials = np.asarray(potentials)
+    best = int(np.argmin(np.where(np.isfinite(potentials), potentials, np.inf)))
+    mode, mode_potential = modes[best], potentials[best]
     hessian = np.asarray(jax.jit(jax.hessian(flat_potential))(mode))
     eigenvalues, eigenvectors = np.linalg.eigh((hessian + hessian.T) / 2)
     root_cov = eigenvectors / np.sqrt(np.maximum(eigenvalues, MIN_CURVATURE))  # cov = root_cov @ root_cov.T
@@ -118,4 +137,5 @@ def dispersed_starts(
         mode=unravel(mode),
         mode_potential=float(mode_potential),
         scale=np.sqrt((root_cov**2).sum(-1)),
+        search_potentials=potentials,
     )
