@@ -100,7 +100,7 @@ def dispersed_starts(
 
     Args:
         potential: the potential energy of unconstrained site values (``ModelFunctions.potential``).
-        shapes: the sites' shapes (``ModelFunctions.shapes``); the search starts from zero in every site.
+        shapes: the sites' shapes (``ModelFunctions.shapes``).
         num_chains: how many starting points.
         rng: source of the searches' random origins and of the chains' draws.
         scale: multiplies the approximation's standard deviations; above 1 spreads the chains wider.
@@ -124,7 +124,7 @@ def dispersed_starts(
 
     origins = np.concatenate([np.zeros((1, flat.shape[0])), rng.standard_normal((num_searches - 1, flat.shape[0]))])
     search = jax.jit(jax.vmap(lambda x0: _adam(flat_potential, x0, mode_steps)))
-    modes, potentials = search(jnp.asarray(origins, dtype=flat.dtype) + flat)
+    modes, potentials = search(jnp.asarray(origins, dtype=flat.dtype))
     potentials = np.asarray(potentials)
     best = int(np.argmin(np.where(np.isfinite(potentials), potentials, np.inf)))
     mode, mode_potential = modes[best], potentials[best]
