@@ -239,7 +239,11 @@ def run(config: dict[str, Any], out: Path, *, progress: bool, allow_unconverged:
                                                "fit_seconds")}), file=sys.stdout)
     print(f"wrote {out}", file=sys.stderr)
     if not converged:
-        print(f"error: NUTS did not converge (R-hat max {metrics['rhat_max']:.4f}, {metrics['divergences']} "
+        lp = ""
+        if "rhat_lp" in metrics:
+            means = ", ".join(f"{m:.1f}" for m in metrics["lp_chain_means"])
+            lp = f", log-density R-hat {metrics['rhat_lp']:.4f} (chain means {means})"
+        print(f"error: NUTS did not converge (R-hat max {metrics['rhat_max']:.4f}{lp}, {metrics['divergences']} "
               "divergences); outputs kept for inspection. Pass --allow-unconverged to accept.", file=sys.stderr)
         return 0 if allow_unconverged else 1
     return 0
@@ -331,7 +335,7 @@ def _fit_nuts(config, mdp, feedback, work: Path, progress: bool):
     plot_nuts_diagnostics(result.idata, work)
     d = result.diagnostics
     keys = ("rhat_max", "ess_bulk_min", "ess_tail_min", "divergences", "tree_depth_max", "step_size_mean",
-            "fit_seconds")
+            "rhat_lp", "lp_chain_means", "converged", "fit_seconds")
     return result.idata, {k: d[k] for k in keys if k in d}, bool(d["converged"])
 
 

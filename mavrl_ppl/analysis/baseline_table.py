@@ -214,6 +214,8 @@ def _read_metrics(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _converged(metrics: dict[str, Any]) -> bool:
+    if "converged" in metrics:  # NUTS runs record nuts_diagnostics' verdict; older runs only its inputs
+        return bool(metrics["converged"])
     return float(metrics.get("rhat_max", np.inf)) <= RHAT_MAX and int(metrics.get("divergences", 1)) == 0
 
 
@@ -233,7 +235,8 @@ def _outcome(spec: FitSpec, returncode: int | None, stderr: Path | None) -> _Out
         if metrics is None:
             return _Outcome("failed", returncode=returncode or 0, message=f"exit 0 but no metrics.json. {tail}")
         flagged = spec.run == "nuts" and not _converged(metrics)
-        note = (f"R-hat max {float(metrics.get('rhat_max', np.nan)):.3f}, "
+        lp = f"log-density R-hat {metrics['rhat_lp']:.3f}, " if metrics.get("rhat_lp", 1.0) > RHAT_MAX else ""
+        note = (f"R-hat max {float(metrics.get('rhat_max', np.nan)):.3f}, {lp}"
                 f"{metrics.get('divergences', '?')} divergences" if flagged else "")
         return _Outcome("unconverged" if flagged else "ok", reused=returncode is None, returncode=returncode or 0,
                         message=note)

@@ -207,3 +207,14 @@ def test_real_table_on_a_small_grid_trap(tmp_path: Path) -> None:
     # resume: a second invocation reuses every run
     again = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600)
     assert again.returncode == 0 and "0 fits run, 6 reused" in again.stdout
+
+
+def test_a_nuts_run_is_judged_by_its_recorded_verdict() -> None:
+    from mavrl_ppl.analysis.baseline_table import _converged
+
+    # Chains apart in log density only: parameter R-hat passes, the run's own verdict (rhat_lp 1.2) does not.
+    assert not _converged({"rhat_max": 1.004, "divergences": 0, "rhat_lp": 1.2, "converged": False})
+    assert _converged({"rhat_max": 1.004, "divergences": 0, "rhat_lp": 1.002, "converged": True})
+    # Runs written before the verdict was recorded: judged from R-hat and divergences.
+    assert _converged({"rhat_max": 1.004, "divergences": 0})
+    assert not _converged({"rhat_max": 1.004, "divergences": 3})

@@ -38,7 +38,10 @@ def nuts_diagnostics(idata: Any, *, rhat_max: float = RHAT_MAX) -> dict[str, Any
     Returns:
         ``rhat_max`` (largest rank-normalised R-hat over all posterior variables and elements), ``ess_bulk_min``,
         ``ess_tail_min`` (smallest bulk / tail ESS), ``divergences`` (post-warm-up divergent transitions),
-        ``tree_depth_max``, ``step_size_mean`` and ``converged`` (R-hat <= ``rhat_max`` and no divergence).
+        ``tree_depth_max``, ``step_size_mean`` and ``converged`` (R-hat <= ``rhat_max`` and no divergence). With a
+        ``lp`` (log density) sample stat also ``lp_chain_means`` (each chain's mean log density) and ``rhat_lp``
+        (its R-hat across chains), which ``converged`` requires to be <= ``rhat_max`` as well: chains that sample
+        separate basins of the posterior differ in log density even where no single parameter shows it clearly.
     """
     az = arviz()
     posterior = idata.posterior
@@ -47,6 +50,13 @@ def nuts_diagnostics(idata: Any, *, rhat_max: float = RHAT_MAX) -> dict[str, Any
     ess_tail = _extreme(az.ess(posterior, method="tail"), np.min)
     stats = idata.sample_stats
     divergences = int(np.asarray(stats["diverging"].values).sum())
+    log_density: dict[str, Any] = {}
+    if "lp" in stats:
+        lp = np.asarray(stats["lp"].values, dtype=np.float64)  # (chain, draw)
+        log_density = {
+            "rhat_lp": float(az.rhat(lp, method="rank")),
+            "lp_chain_means": [float(m) for m in lp.mean(axis=1)],
+        }
     return {
         "rhat_max": rhat,
         "ess_bulk_min": ess_bulk,
@@ -54,5 +64,6 @@ def nuts_diagnostics(idata: Any, *, rhat_max: float = RHAT_MAX) -> dict[str, Any
         "divergences": divergences,
         "tree_depth_max": int(np.asarray(stats["tree_depth"].values).max()),
         "step_size_mean": float(np.asarray(stats["step_size"].values).mean()),
-        "converged": bool(rhat <= rhat_max and divergences == 0),
+        **log_density,
+        "converged": bool(rhat <= rhat_max and log_density.get("rhat_lp", 1.0) <= rhat_max and divergences == 0),
     }

@@ -9,7 +9,7 @@ from mavrl_ppl.baselines.mcmc import nuts_diagnostics, plot_nuts_diagnostics
 from mavrl_ppl.envs import make_tabular
 
 
-def synthetic_idata(shift_chain: float = 0.0, divergent: int = 0, seed: int = 0):
+def synthetic_idata(shift_chain: float = 0.0, divergent: int = 0, seed: int = 0, lp_shift: float = 0.0):
     from mavrl_ppl.baselines.mcmc.diagnostics import arviz
 
     arviz()  # ArviZ's import-time FutureWarning must not fire inside the test (warnings are errors)
@@ -27,6 +27,8 @@ def synthetic_idata(shift_chain: float = 0.0, divergent: int = 0, seed: int = 0)
         "tree_depth": np.full((chains, draws), 3),
         "step_size": np.full((chains, draws), 0.25),
         "energy": rng.normal(size=(chains, draws)),
+        # log density of a 9-dim standard normal posterior: -chi2(9)/2 up to a constant; chain 3 off by lp_shift
+        "lp": -0.5 * rng.chisquare(9, size=(chains, draws)) + lp_shift * (np.arange(chains) == 3)[:, None],
     }
     return build_inference_data(
         reward=reward,
@@ -53,6 +55,18 @@ def test_a_stuck_chain_or_a_divergence_fails_convergence():
     assert stuck["rhat_max"] > 1.1 and not stuck["converged"]
     divergent = nuts_diagnostics(synthetic_idata(divergent=1))
     assert divergent["divergences"] == 1 and not divergent["converged"]
+
+
+def test_a_chain_in_another_basin_fails_convergence_through_its_log_density():
+    # Chain 3's log density sits 2 nats (about one within-chain sd, sqrt(9/2)) below the others while every parameter
+    # mixes: like grid_cliff seed 3, whose chains differed by ~21 nats. Over 500 draws that split R-hat is ~1.2.
+    same = nuts_diagnostics(synthetic_idata())
+    assert same["rhat_lp"] <= 1.01 and same["converged"]
+    apart = nuts_diagnostics(synthetic_idata(lp_shift=-2.0))
+    assert apart["rhat_max"] <= 1.01 and apart["rhat_lp"] > 1.05 and not apart["converged"]
+    means = apart["lp_chain_means"]
+    # A chain mean of chi2(9)/2 over 500 draws has sd 0.095, so the gap's sd is ~0.11: 0.3 is ~3 sd.
+    assert len(means) == 4 and means[3] == pytest.approx(np.mean(means[:3]) - 2.0, abs=0.3)
 
 
 def test_plots_show_the_worst_rewards(tmp_path):
