@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-chains", type=int, default=4)
     parser.add_argument("--num-warmup", type=int, default=NutsSettings.num_warmup)
     parser.add_argument("--num-samples", type=int, default=1000)
-    parser.add_argument("--max-tree-depth", type=int, default=10)
+    parser.add_argument("--max-tree-depth", type=int, default=NutsSettings.max_tree_depth)
+    parser.add_argument("--warmup-max-tree-depth", type=int, default=NutsSettings.warmup_max_tree_depth)
     parser.add_argument("--target-accept", type=float, default=0.8)
     parser.add_argument("--dense-mass", action="store_true", help="adapt a dense mass matrix (NutsSettings.dense_mass)")
     parser.add_argument("--init", default="mode", help="chain starts: mode or prior (NutsSettings.init)")
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                 num_warmup=args.num_warmup,
                 num_samples=args.num_samples,
                 max_tree_depth=args.max_tree_depth,
+                warmup_max_tree_depth=args.warmup_max_tree_depth,
                 target_accept_prob=args.target_accept,
                 dense_mass=args.dense_mass,
                 seed=seed,
@@ -201,7 +203,8 @@ def section(command, info, args, q_rows, rows, results_path) -> str:
         SECTION,
         "",
         f"Command: `{command}`. Settings: {args.num_chains} chains x {args.num_samples} draws after "
-        f"{args.num_warmup} warm-up, max tree depth {args.max_tree_depth}, target accept {args.target_accept}; "
+        f"{args.num_warmup} warm-up, max tree depth {args.max_tree_depth} ({args.warmup_max_tree_depth} in warm-up), "
+        f"target accept {args.target_accept}; "
         "data = paper allocation pref 64 / demo 1 / rating 64 / stop 256, `np.random.default_rng(seed)`, "
         f"stop lapse {args.stop_lapse} (0 = the paper's model); "
         "score = normalised score of the greedy policy for the posterior-mean reward; wall = data simulation + "

@@ -36,6 +36,7 @@ NUTS_FIELDS = {  # name -> (type, default, help); validated by NutsSettings itse
     "num_samples": (int, 1000, "NUTS kept draws per chain"),
     "target_accept_prob": (float, 0.8, "NUTS step-size adaptation target"),
     "max_tree_depth": (int, 10, "NUTS maximum tree depth"),
+    "warmup_max_tree_depth": (int, 10, "NUTS maximum tree depth during warm-up"),
     "init": (str, "mode", "NUTS chain starts: mode (dispersed around the posterior mode) or prior"),
     "init_scale": (float, 0.25, "NUTS spread of the mode starts, in sds of the Laplace approximation"),
 }

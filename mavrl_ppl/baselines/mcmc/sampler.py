@@ -39,7 +39,8 @@ class NutsSettings:
     num_warmup: int = 500  # warm-up iterations per chain (step size and mass matrix adaptation), discarded
     num_samples: int = 1000  # kept draws per chain
     target_accept_prob: float = 0.8  # NUTS's step-size adaptation target; raise it if transitions diverge
-    max_tree_depth: int = 10  # at most 2^depth - 1 leapfrog steps per iteration
+    max_tree_depth: int = 10  # at most 2^depth - 1 leapfrog steps per iteration (kept draws)
+    warmup_max_tree_depth: int = 10  # the bound during warm-up only (7 halved cost and ESS alike: RESULTS.md)
     dense_mass: bool = False  # adapt a dense (True) or diagonal (False) mass matrix
     seed: int = 0  # PRNG seed of the chains' initial points and trajectories
     progress_bar: bool = True  # one tqdm bar per chain (NumPyro's), advancing as the chains sample
@@ -56,7 +57,7 @@ class NutsSettings:
             raise ValueError(f"init must be one of {INIT_METHODS}, got {self.init!r}")
         if not self.init_scale > 0:
             raise ValueError(f"init_scale must be positive, got {self.init_scale}")
-        for name in ("num_chains", "num_warmup", "num_samples", "max_tree_depth"):
+        for name in ("num_chains", "num_warmup", "num_samples", "max_tree_depth", "warmup_max_tree_depth"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not 0.0 < self.target_accept_prob < 1.0:
@@ -164,7 +165,7 @@ def build_mcmc(potential: Callable, settings: NutsSettings, inverse_mass_matrix:
     kernel = NUTS(
         potential_fn=potential,
         target_accept_prob=settings.target_accept_prob,
-        max_tree_depth=settings.max_tree_depth,
+        max_tree_depth=(settings.warmup_max_tree_depth, settings.max_tree_depth),
         dense_mass=settings.dense_mass,
         inverse_mass_matrix=None if inverse_mass_matrix is None else _as_mass(inverse_mass_matrix, settings),
     )

@@ -92,10 +92,14 @@ def test_run_nuts_returns_the_inference_data_contract():
         "divergences",
         "tree_depth_max",
         "step_size_mean",
+        "rhat_lp",
+        "lp_chain_means",
         "converged",
         "fit_seconds",
     }
-    assert d["converged"] == (d["rhat_max"] <= 1.01 and d["divergences"] == 0)
+    assert d["converged"] == (d["rhat_max"] <= 1.01 and d["rhat_lp"] <= 1.01 and d["divergences"] == 0)
+    lp = idata.sample_stats["lp"].values
+    assert d["lp_chain_means"] == pytest.approx(lp.mean(axis=1).tolist())
     assert d["fit_seconds"] > 0
 
 
@@ -170,6 +174,33 @@ def test_split_over_devices_runs_every_chain_on_its_device_and_keeps_their_order
     assert twice == [[0.0, 2.0], [4.0, 6.0], [8.0, 10.0], [12.0, 14.0]]
     assert index == [0, 1, 2, 3] and three == [0, 1, 2]
     assert sorted(seen) == [0, 0, 1, 1, 2, 2, 3]  # every chain ran exactly once per call
+
+
+def test_warm_up_trees_stop_at_their_own_depth_and_kept_draws_go_deeper():
+    """A correlated Gaussian (corr 0.999: a diagonal mass matrix cannot undo it) needs long trajectories. With
+    ``warmup_max_tree_depth=2`` no warm-up tree may exceed 3 leapfrog steps, while kept draws, bounded by
+    ``max_tree_depth``, must use longer ones (a U-turn takes ~sqrt(1 / (1 - 0.999)) ~ 30 steps here)."""
+    import jax
+    import jax.numpy as jnp
+
+    from mavrl_ppl.baselines.mcmc.devices import enable_x64
+    from mavrl_ppl.baselines.mcmc.sampler import build_mcmc
+
+    enable_x64()
+    precision = jnp.linalg.inv(jnp.array([[1.0, 0.999], [0.999, 1.0]]))
+
+    def potential(z):
+        return 0.5 * z @ precision @ z
+
+    settings = NutsSettings(num_chains=1, num_warmup=200, num_samples=200, warmup_max_tree_depth=2, max_tree_depth=8,
+                            progress_bar=False)
+    mcmc = build_mcmc(potential, settings)
+    mcmc.warmup(jax.random.PRNGKey(0), init_params=jnp.zeros(2), extra_fields=("num_steps",), collect_warmup=True)
+    warm = np.asarray(mcmc.get_extra_fields()["num_steps"])
+    mcmc.run(mcmc.post_warmup_state.rng_key, extra_fields=("num_steps",))
+    kept = np.asarray(mcmc.get_extra_fields()["num_steps"])
+    assert warm.max() <= 3
+    assert kept.max() <= 255 and np.median(kept) > 3
 
 
 @pytest.mark.parametrize("bar", [True, False])
