@@ -36,7 +36,8 @@ from pathlib import Path
 from _common import RESULTS, kept_notes, machine, mean_se, write_section
 
 from mavrl_ppl.analysis.baseline_table import parse_seeds
-from mavrl_ppl.baselines.mcmc import NutsSettings, nuts_diagnostics, run_nuts, set_host_devices
+from mavrl_ppl.baselines.mcmc import NutsSettings, run_nuts, set_host_devices
+from mavrl_ppl.baselines.mcmc.diagnostics import log_density_diagnostics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,7 +137,7 @@ def row_from_run(run: Path) -> dict:
     keys = ("rhat_max", "ess_bulk_min", "ess_tail_min", "divergences", "tree_depth_max", "step_size_mean")
     return {"env": metrics["env"], "seed": metrics["seed"], **{k: metrics[k] for k in keys},
             # recomputed from the draws: runs made before the log-density check lack it in metrics.json
-            "rhat_lp": nuts_diagnostics(idata)["rhat_lp"], **_sampler_stats(idata),
+            "rhat_lp": log_density_diagnostics(idata.sample_stats)["rhat_lp"], **_sampler_stats(idata),
             "score": metrics["normalized_score"], "epic": metrics["epic"], "wall": metrics["total_seconds"]}
 
 

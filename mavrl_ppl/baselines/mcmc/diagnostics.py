@@ -27,6 +27,16 @@ def _extreme(dataset: Any, reduce: Any) -> float:
     return float(reduce(values))
 
 
+def log_density_diagnostics(sample_stats: Any) -> dict[str, Any]:
+    """``rhat_lp`` (rank R-hat of the log density across chains) and ``lp_chain_means`` (each chain's mean log
+    density) of ``sample_stats`` holding ``lp`` (chain, draw)."""
+    lp = np.asarray(sample_stats["lp"].values, dtype=np.float64)
+    return {
+        "rhat_lp": float(arviz().rhat(lp, method="rank")),
+        "lp_chain_means": [float(m) for m in lp.mean(axis=1)],
+    }
+
+
 def nuts_diagnostics(idata: Any, *, rhat_max: float = RHAT_MAX) -> dict[str, Any]:
     """R-hat, ESS, divergences and tree depth of a NUTS ``InferenceData``.
 
@@ -50,13 +60,7 @@ def nuts_diagnostics(idata: Any, *, rhat_max: float = RHAT_MAX) -> dict[str, Any
     ess_tail = _extreme(az.ess(posterior, method="tail"), np.min)
     stats = idata.sample_stats
     divergences = int(np.asarray(stats["diverging"].values).sum())
-    log_density: dict[str, Any] = {}
-    if "lp" in stats:
-        lp = np.asarray(stats["lp"].values, dtype=np.float64)  # (chain, draw)
-        log_density = {
-            "rhat_lp": float(az.rhat(lp, method="rank")),
-            "lp_chain_means": [float(m) for m in lp.mean(axis=1)],
-        }
+    log_density = log_density_diagnostics(stats) if "lp" in stats else {}
     return {
         "rhat_max": rhat,
         "ess_bulk_min": ess_bulk,
