@@ -7,7 +7,9 @@ Run from the repository root::
     python benchmarks/baseline_table.py --no-write             # tabulate without touching RESULTS.md
 
 It calls ``python -m mavrl_ppl.analysis.baseline_table`` (same arguments; finished runs under ``--out`` are reused,
-so the table can be built over several invocations) and copies the table's Markdown into this script's section of
+so the table can be built over several invocations; each finished env and seed is recorded in ``--records``, by
+default ``benchmarks/baseline_table_records/``, which is committed: a later invocation on another machine takes those
+cells from their records and fits only the rest) and copies the table's Markdown into this script's section of
 RESULTS.md, with the machine, the load average before and after, and the wall time of this invocation. The runs'
 own ``total_seconds`` (in the table) are the machine time of the whole table, however many invocations built it.
 ``--jobs`` defaults to 1 here (not to the number of cores as in the command): NUTS already keeps both cores busy,
@@ -31,6 +33,7 @@ from _common import kept_notes, machine, write_section
 from mavrl_ppl.analysis import baseline_table
 
 SECTION = "## Baseline table (issue 5)"
+RECORDS = Path(__file__).resolve().parent / "baseline_table_records"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--envs", nargs="+", default=["grid_cliff", "grid_sparse", "grid_trap"])
     parser.add_argument("--seeds", default="0-9", help="e.g. 0-9 or 0,1,2")
     parser.add_argument("--out", type=Path, default=Path("runs/table"), help="the table's directory (reused)")
+    parser.add_argument("--records", type=Path, default=RECORDS, help="cell records (committed; reused)")
     parser.add_argument("--jobs", type=int, default=1, help="parallel fits")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args(argv)
@@ -46,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     before = machine()
     start = time.perf_counter()
     status = baseline_table.main(["--envs", *args.envs, "--seeds", args.seeds, "--out", str(args.out),
-                                  "--jobs", str(args.jobs), "--quiet"])
+                                  "--records", str(args.records), "--jobs", str(args.jobs), "--quiet"])
     wall = time.perf_counter() - start
     if status != 0:
         return status

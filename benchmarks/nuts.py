@@ -5,7 +5,7 @@ Run from the repository root::
     python benchmarks/nuts.py --seeds 0 --envs grid_cliff,grid_sparse,grid_trap   # one seed per grid
     python benchmarks/nuts.py --seeds 0-9                                           # the full table
     python benchmarks/nuts.py --seeds 0 --num-warmup 500 --num-samples 500 --no-write
-    python benchmarks/nuts.py --seeds 0-9 --from-runs runs/table   # tabulate the NUTS runs of the baseline table
+    python benchmarks/nuts.py --seeds 0-9 --from-records   # tabulate the NUTS runs of the baseline table
 
 Each run simulates the paper's fixed allocation (pref 64 / demo 1 / rating 64 / stop 256; 10x10, gamma 0.95) with
 ``simulate_feedback(..., np.random.default_rng(seed))``, samples 4 chains x 1000 draws after 500 warm-up (defaults)
@@ -13,10 +13,12 @@ and scores the posterior-mean reward (greedy policy, exact value under the true 
 two ``Q*`` schemes of the model (``q_method``). Only this script's section of RESULTS.md is replaced, after every run;
 a ``### Notes`` subsection already in it is kept as written.
 
-``--from-runs DIR`` samples nothing: it reads the runs ``DIR/runs/nuts_<env>_seed<S>`` that
-``python -m mavrl_ppl.analysis.baseline_table --out DIR`` made with the fit command's defaults (the same data: the fit
-command simulates with ``np.random.default_rng(seed)`` too, and the same ``NutsSettings`` defaults). Their wall time is
-the fit command's ``total_seconds`` (simulation, sampling, diagnostics, plots and writing; not the interpreter's start).
+``--from-records [DIR]`` samples nothing: it tabulates the NUTS runs of the baseline table from its cell records
+(``DIR/<env>_seed<S>.json``, default ``benchmarks/baseline_table_records``, written by
+``python benchmarks/baseline_table.py``), i.e. runs of the fit command with its defaults (the same data: the fit
+command simulates with ``np.random.default_rng(seed)`` too, and the same ``NutsSettings`` defaults). Their wall time
+is the fit command's ``total_seconds`` (simulation, sampling, diagnostics, plots and writing; not the interpreter's
+start).
 
 Targets (issue 4): R-hat <= 1.01, bulk ESS >= 400 on every parameter, 0 divergences, mean normalised score >= 100 on
 cliff/sparse and >= 95 on trap, <= 60 s wall per run on a 2-core machine.
@@ -35,9 +37,8 @@ from pathlib import Path
 
 from _common import RESULTS, kept_notes, machine, mean_se, write_section
 
-from mavrl_ppl.analysis.baseline_table import parse_seeds
+from mavrl_ppl.analysis.baseline_table import parse_seeds, record_path
 from mavrl_ppl.baselines.mcmc import NutsSettings, run_nuts, set_host_devices
-from mavrl_ppl.baselines.mcmc.diagnostics import log_density_diagnostics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-lapse", type=float, default=0.0,
                         help="simulate and fit stops with this lapse rate (feedback/stop.py; 0 = the paper's model)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
-    parser.add_argument("--from-runs", type=Path, default=None,
-                        help="tabulate DIR/runs/nuts_<env>_seed<S> of a baseline table instead of sampling")
+    parser.add_argument("--from-records", type=Path, nargs="?", const=RECORDS, default=None,
+                        help="tabulate the NUTS runs of the baseline table's cell records instead of sampling")
     args = parser.parse_args(argv)
     devices = set_host_devices(args.devices)  # before anything runs on JAX
 
@@ -78,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     q_rows = q_scheme_timings()
     for row in q_rows:
         print("Q* scheme", row, flush=True)
-    if args.from_runs is not None:
-        rows = [row_from_run(args.from_runs / "runs" / f"nuts_{env}_seed{seed}") for env in envs for seed in seeds]
+    if args.from_records is not None:
+        rows = [row_from_record(args.from_records, env, seed) for env in envs for seed in seeds]
         for row in rows:
             print(row, flush=True)
         if not args.no_write:
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seed": seed,
                 "lapse": args.stop_lapse,
                 **result.diagnostics,
-                **_sampler_stats(result.idata),
+                "init_seconds": float(result.idata.attrs["init_seconds"]),
                 "score": metrics["normalized_score"],
                 "epic": metrics["epic"],
                 "wall": time.perf_counter() - start,
@@ -125,28 +126,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def row_from_run(run: Path) -> dict:
-    """The table row of one finished ``python -m mavrl_ppl.fit --inference nuts`` run directory."""
-    import arviz as az
-
-    metrics_file = run / "metrics.json"
-    if not metrics_file.exists():
-        raise SystemExit(f"error: {metrics_file} does not exist (run the baseline table first)")
-    metrics = json.loads(metrics_file.read_text())
-    idata = az.from_netcdf(str(run / "posterior.nc"))
-    keys = ("rhat_max", "ess_bulk_min", "ess_tail_min", "divergences", "tree_depth_max", "step_size_mean")
-    return {"env": metrics["env"], "seed": metrics["seed"], **{k: metrics[k] for k in keys},
-            # recomputed from the draws: runs made before the log-density check lack it in metrics.json
-            "rhat_lp": log_density_diagnostics(idata.sample_stats)["rhat_lp"], **_sampler_stats(idata),
+def row_from_record(records: Path, env: str, seed: int) -> dict:
+    """The table row of the NUTS run in a baseline-table cell record (its ``metrics.json``)."""
+    path = record_path(records, env, seed)
+    if not path.is_file():
+        raise SystemExit(f"error: {path} does not exist (run benchmarks/baseline_table.py for seed {seed} first)")
+    metrics = json.loads(path.read_text())["runs"]["nuts"]["metrics"]
+    keys = ("rhat_max", "ess_bulk_min", "ess_tail_min", "divergences", "tree_depth_max", "step_size_mean", "rhat_lp",
+            "mean_steps", "init_seconds")
+    return {"env": env, "seed": seed, **{k: metrics.get(k, float("nan")) for k in keys},
             "score": metrics["normalized_score"], "epic": metrics["epic"], "wall": metrics["total_seconds"]}
 
 
-def _sampler_stats(idata) -> dict:
-    return {"mean_steps": float(idata.sample_stats["n_steps"].mean()),
-            "init_seconds": float(idata.attrs.get("init_seconds", float("nan")))}
-
-
 SECTION = "## NUTS baseline (issue 4)"
+RECORDS = Path(__file__).resolve().parent / "baseline_table_records"
 
 
 def q_scheme_timings() -> list[dict]:

@@ -128,3 +128,26 @@ def test_svi_run_does_not_import_jax(tmp_path):
                           text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_nuts_run_records_its_diagnostics_and_exit_status_follows_the_verdict(tmp_path):
+    """``--inference nuts`` on a 3x3 grid with 2 short chains (~20 s, mostly XLA compilation): the NUTS outputs, the
+    diagnostics in metrics.json, and exit 1 exactly when the run's own verdict is "not converged"."""
+    args = ["--inference", "nuts", "--env", "grid_trap", "--env-size", "3", "--feedback",
+            "pref=8,demo=1,rating=8,stop=16", "--num-chains", "2", "--num-warmup", "60", "--num-samples", "60",
+            "--seed", "1", "--quiet"]
+    done = fit(*args, "--out", str(tmp_path / "a"))
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert done.returncode == (0 if metrics["converged"] else 1), done.stderr
+    if not metrics["converged"]:
+        assert "error: NUTS did not converge" in done.stderr
+    assert {p.name for p in (tmp_path / "a").iterdir()} >= {"posterior.nc", "metrics.json", "nuts_trace.png",
+                                                             "nuts_rank.png"}
+    idata = az.from_netcdf(str(tmp_path / "a" / "posterior.nc"))
+    assert metrics["mean_steps"] == pytest.approx(float(idata.sample_stats["n_steps"].mean()))
+    assert metrics["init_seconds"] == pytest.approx(idata.attrs["init_seconds"])
+    assert 0 < metrics["init_seconds"] < metrics["fit_seconds"]
+    assert len(metrics["lp_chain_means"]) == 2 and metrics["inference"] == "nuts"
+    if not metrics["converged"]:  # the same run, accepted
+        accepted = fit(*args, "--out", str(tmp_path / "b"), "--allow-unconverged")
+        assert accepted.returncode == 0, accepted.stderr

@@ -18,9 +18,13 @@ coverage both ways, mean |difference| in NUTS sds, Wasserstein-1). Writes ``base
 ``DIR``.
 
 Bookkeeping: independent fits run in ``--jobs`` parallel processes; a run directory with ``metrics.json`` is reused (the
-fit command writes atomically, so only finished runs have one); a failed fit is kept in the table as ``failed`` with the
-tail of its stderr (its dependents as ``skipped``), never dropped; a NUTS run that did not converge (exit status 1 with
-``metrics.json``) is kept, counted and flagged ``unconverged``. The Markdown and the NetCDF record the total wall time.
+fit command writes atomically, so only finished runs have one). Once every run of an env and seed has finished, the
+cell's figures (each run's ``metrics.json``, the Post-Hoc scores, the agreement) go to ``--records`` (default
+``DIR/records``) as ``<env>_seed<S>.json``; a later call with the same settings takes the cell from there without its
+run directories, so a table can be finished on another machine. A failed fit is kept in the table as ``failed`` with
+the tail of its stderr (its dependents as ``skipped``), never dropped; a NUTS run that did not converge (exit status 1
+with ``metrics.json``) is kept, counted and flagged ``unconverged``. The Markdown and the NetCDF record the total wall
+time.
 """
 
 from __future__ import annotations
@@ -44,10 +48,16 @@ import xarray as xr
 __all__ = [
     "METHODS",
     "FitSpec",
+    "RecordError",
     "build_table",
+    "load_record",
     "parse_seeds",
     "plan_fits",
+    "record_settings",
+    "run_names",
+    "save_record",
     "subprocess_runner",
+    "summarize_cell",
     "table_to_latex",
     "table_to_markdown",
 ]
@@ -214,9 +224,8 @@ def _read_metrics(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _converged(metrics: dict[str, Any]) -> bool:
-    if "converged" in metrics:  # NUTS runs record nuts_diagnostics' verdict; older runs only its inputs
-        return bool(metrics["converged"])
-    return float(metrics.get("rhat_max", np.inf)) <= RHAT_MAX and int(metrics.get("divergences", 1)) == 0
+    """A NUTS run's own verdict (``nuts_diagnostics``' ``converged``); a run without one counts as unconverged."""
+    return bool(metrics.get("converged", False))
 
 
 @dataclass
@@ -396,15 +405,146 @@ def _mean_se(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return mean, se, n
 
 
-def assemble(fits: Sequence[FitSpec], outcomes: dict[str, _Outcome], envs: Sequence[str], seeds: Sequence[int]
-             ) -> xr.Dataset:
-    """Gather every run's metrics, the Post-Hoc scores and the SVI-vs-NUTS agreement into one Dataset.
+def run_names(feedback: str = DEFAULT_FEEDBACK) -> list[str]:
+    """The runs of one env and seed, in table order: ``svi``, ``nuts`` and ``svi-<type>`` per single type.
 
     Args:
-        fits: the plan.
-        outcomes: run name -> outcome (:func:`run_fits`).
+        feedback: the all-types allocation (one single-type run per type with a positive count).
+    """
+    return ["svi", "nuts", *(f"svi-{kind}" for kind in _single_types(feedback))]
+
+
+def _cell_fits(fits: Sequence[FitSpec]) -> dict[tuple[str, int], dict[str, FitSpec]]:
+    cells: dict[tuple[str, int], dict[str, FitSpec]] = {}
+    for f in fits:
+        cells.setdefault((f.env, f.seed), {})[f.run] = f
+    return cells
+
+
+def summarize_cell(fits: dict[str, FitSpec], outcomes: dict[str, _Outcome], settings: dict[str, Any]
+                   ) -> dict[str, Any]:
+    """The record of one env and seed: everything the table needs from its runs, so the runs can be deleted.
+
+    Args:
+        fits: run (``svi``, ``nuts``, ``svi-<type>``) -> its fit.
+        outcomes: run-directory name -> outcome (:func:`run_fits`).
+        settings: what the fits depend on beyond env and seed (:func:`record_settings`).
+
+    Returns:
+        ``env``, ``seed``, ``settings``; ``runs``: run -> ``status``, ``message`` and ``metrics`` (the run's whole
+        ``metrics.json``); ``posthoc``: ``status``, ``message``, ``metrics``; ``agreement``: the SVI-vs-NUTS figures
+        (empty when there is no pair to compare); ``complete``: every run ok or unconverged, Post-Hoc and agreement
+        computed. Only complete records are saved (:func:`save_record`): anything else is retried next time.
+    """
+    from mavrl_ppl.analysis.compare import RunMismatchError, compare_runs
+
+    any_fit = next(iter(fits.values()))
+    runs: dict[str, dict[str, Any]] = {}
+    for run, f in fits.items():
+        o = outcomes[f.name]
+        metrics = (_read_metrics(f.out) or {}) if o.status in ("ok", "unconverged") else {}
+        runs[run] = {"status": o.status, "message": o.message, "metrics": metrics}
+    singles = [r for r in fits if r.startswith("svi-")]
+    bad = [fits[r].name for r in singles if runs[r]["status"] != "ok"]
+    posthoc: dict[str, Any] = {"status": "ok", "message": "", "metrics": {}}
+    if not singles:
+        posthoc.update(status="skipped", message="no single-type runs planned")
+    elif bad:
+        posthoc.update(status="failed", message=f"single-type run(s) not available: {', '.join(bad)}")
+    else:
+        try:
+            posthoc["metrics"] = posthoc_metrics([fits[r].out for r in singles])
+        except Exception as exc:
+            posthoc.update(status="failed", message=f"Post-Hoc evaluation failed: {exc}")
+    agreement: dict[str, float] = {}
+    if all(runs.get(r, {}).get("status") in ("ok", "unconverged") for r in ("svi", "nuts")):
+        try:
+            cmp = compare_runs(fits["svi"].out, fits["nuts"].out)
+        except RunMismatchError as exc:
+            runs["nuts"]["message"] += f" [no comparison: {exc}]"
+        else:
+            agreement = {k: float(cmp[source]) for k, source in AGREEMENT.items()}
+    complete = (all(r["status"] in ("ok", "unconverged") for r in runs.values()) and posthoc["status"] == "ok"
+                and bool(agreement))
+    return {"env": any_fit.env, "seed": any_fit.seed, "settings": settings, "runs": runs, "posthoc": posthoc,
+            "agreement": agreement, "complete": complete}
+
+
+class RecordError(ValueError):
+    """A file in the records directory that is not a cell record."""
+
+
+def record_settings(feedback: str = DEFAULT_FEEDBACK, env_size: int | None = None, svi_config: Path | None = None,
+                    nuts_config: Path | None = None) -> dict[str, Any]:
+    """What a cell's runs depend on beyond env and seed; a saved record is used only where these match.
+
+    Args:
+        feedback: the all-types allocation.
+        env_size: ``--env-size`` of every fit.
+        svi_config: TOML settings file of the SVI fits (its text is compared, not its path).
+        nuts_config: TOML settings file of the NUTS fits.
+    """
+    return {"feedback": feedback, "env_size": env_size,
+            "svi_config": svi_config.read_text() if svi_config else None,
+            "nuts_config": nuts_config.read_text() if nuts_config else None}
+
+
+def record_path(records: Path, env: str, seed: int) -> Path:
+    """``records/<env>_seed<seed>.json``."""
+    return Path(records) / f"{env}_seed{seed}.json"
+
+
+def save_record(records: Path, record: dict[str, Any]) -> Path:
+    """Write a complete cell record atomically (a half-written record would be read as finished work).
+
+    Args:
+        records: the records directory.
+        record: a :func:`summarize_cell` result with ``complete`` true.
+    """
+    if not record["complete"]:
+        raise ValueError(f"record of {record['env']} seed {record['seed']} is not complete")
+    path = record_path(records, record["env"], record["seed"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=float) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load_record(records: Path, env: str, seed: int, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved record of a cell, or ``None`` when there is none or it was made with other settings.
+
+    Args:
+        records: the records directory.
+        env: env name.
+        seed: seed.
+        settings: the current :func:`record_settings`.
+
+    Raises:
+        RecordError: the file exists but is not a record (naming the file).
+    """
+    path = record_path(records, env, seed)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        matches = record["settings"] == settings and record["complete"] and {"runs", "posthoc", "agreement"} <= set(
+            record)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise RecordError(f"{path}: not a baseline-table record ({exc}); delete it to refit this cell") from None
+    return record if matches else None
+
+
+def assemble(cells: dict[tuple[str, int], dict[str, Any]], envs: Sequence[str], seeds: Sequence[int],
+             runs: Sequence[str], reused: dict[tuple[str, int, str], bool] | None = None) -> xr.Dataset:
+    """Gather the cell records (:func:`summarize_cell`) into one Dataset.
+
+    Args:
+        cells: ``(env, seed)`` -> its record, for every env and seed.
         envs: env names (dim ``env``).
         seeds: seeds (dim ``seed``).
+        runs: run names (dim ``run``, :func:`run_names`).
+        reused: ``(env, seed, run)`` -> whether this invocation reused the run rather than fitting it.
 
     Returns:
         Per fit (``env, seed, run``): ``run_status``, ``run_reused``, ``run_message`` and the metrics; per approach
@@ -413,63 +553,34 @@ def assemble(fits: Sequence[FitSpec], outcomes: dict[str, _Outcome], envs: Seque
         (``env, seed``): the agreement measures; per ``env, approach``: ``<metric>_mean``, ``<metric>_se``, ``n_ok``;
         per ``env``: ``<agreement>_mean``/``_se``, ``n_agreement``, ``nuts_unconverged``.
     """
-    from mavrl_ppl.analysis.compare import RunMismatchError, compare_runs
-
-    runs = list(dict.fromkeys(f.run for f in fits))
-    e_i, s_i = {e: i for i, e in enumerate(envs)}, {s: i for i, s in enumerate(seeds)}
+    reused = reused or {}
+    runs = list(runs)
     shape_runs = (len(envs), len(seeds), len(runs))
     run_status = np.full(shape_runs, "", dtype=object)
     run_message = np.full(shape_runs, "", dtype=object)
     run_reused = np.zeros(shape_runs, dtype=bool)
     run_metrics = {k: np.full(shape_runs, np.nan) for k in METRICS}
-    index = {}
-    for f in fits:
-        i = (e_i[f.env], s_i[f.seed], runs.index(f.run))
-        index[(f.env, f.seed, f.run)] = f
-        o = outcomes[f.name]
-        run_status[i], run_message[i], run_reused[i] = o.status, o.message, o.reused
-        if o.status in ("ok", "unconverged"):
-            metrics = _read_metrics(f.out) or {}
-            for k in METRICS:
-                run_metrics[k][i] = float(metrics.get(k, np.nan))
-
     shape = (len(envs), len(seeds), len(METHODS))
     status = np.full(shape, "", dtype=object)
     message = np.full(shape, "", dtype=object)
     method_metrics = {k: np.full(shape, np.nan) for k in METRICS}
     agreement = {k: np.full(shape[:2], np.nan) for k in AGREEMENT}
-    singles = [r for r in runs if r.startswith("svi-")]
-    for env in envs:
-        for seed in seeds:
-            ie, js = e_i[env], s_i[seed]
-            for m, method in enumerate(("svi", "nuts")):
-                r = runs.index(method)
-                status[ie, js, m], message[ie, js, m] = run_status[ie, js, r], run_message[ie, js, r]
+    for ie, env in enumerate(envs):
+        for js, seed in enumerate(seeds):
+            cell = cells[(env, seed)]
+            for r, run in enumerate(runs):
+                entry = cell["runs"][run]
+                run_status[ie, js, r], run_message[ie, js, r] = entry["status"], entry["message"]
+                run_reused[ie, js, r] = reused.get((env, seed, run), True)
                 for k in METRICS:
-                    method_metrics[k][ie, js, m] = run_metrics[k][ie, js, r]
-            bad = [index[(env, seed, r)].name for r in singles if run_status[ie, js, runs.index(r)] != "ok"]
-            m = METHODS.index("posthoc")
-            if not singles:
-                status[ie, js, m], message[ie, js, m] = "skipped", "no single-type runs planned"
-            elif bad:
-                status[ie, js, m], message[ie, js, m] = "failed", f"single-type run(s) not available: {', '.join(bad)}"
-            else:
-                try:
-                    ph = posthoc_metrics([index[(env, seed, r)].out for r in singles])
-                except Exception as exc:
-                    status[ie, js, m], message[ie, js, m] = "failed", f"Post-Hoc evaluation failed: {exc}"
-                else:
-                    status[ie, js, m] = "ok"
-                    for k in METRICS:
-                        method_metrics[k][ie, js, m] = ph[k]
-            if all(status[ie, js, METHODS.index(x)] in ("ok", "unconverged") for x in ("svi", "nuts")):
-                try:
-                    cmp = compare_runs(index[(env, seed, "svi")].out, index[(env, seed, "nuts")].out)
-                except RunMismatchError as exc:
-                    message[ie, js, METHODS.index("nuts")] += f" [no comparison: {exc}]"
-                else:
-                    for k, source in AGREEMENT.items():
-                        agreement[k][ie, js] = float(cmp[source])
+                    run_metrics[k][ie, js, r] = float(entry["metrics"].get(k, np.nan))
+            for m, method in enumerate(METHODS):
+                entry = cell["posthoc"] if method == "posthoc" else cell["runs"][method]
+                status[ie, js, m], message[ie, js, m] = entry["status"], entry["message"]
+                for k in METRICS:
+                    method_metrics[k][ie, js, m] = float(entry["metrics"].get(k, np.nan))
+            for k in AGREEMENT:
+                agreement[k][ie, js] = float(cell["agreement"].get(k, np.nan))
 
     dims3, dims_runs = ("env", "seed", "approach"), ("env", "seed", "run")
     data: dict[str, Any] = {
@@ -556,7 +667,8 @@ def table_to_markdown(ds: xr.Dataset) -> str:
         lines += table(["env", "seed", "run", "status", "stderr tail / reason"], problems)
     if "wall_seconds" in ds.attrs:
         lines += ["", f"Total wall time of this invocation: {float(ds.attrs['wall_seconds']):.1f} s "
-                  f"({int(ds.attrs.get('fits_run', 0))} fits run, {int(ds.attrs.get('fits_reused', 0))} reused, "
+                  f"({int(ds.attrs.get('fits_run', 0))} fits run, {int(ds.attrs.get('fits_reused', 0))} reused "
+                  f"({int(ds.attrs.get('cells_from_records', 0))} env-seed cells from their records), "
                   f"{int(ds.attrs.get('jobs', 1))} parallel jobs); the runs' own total_seconds sum to "
                   f"{float(ds.attrs.get('runs_total_seconds', np.nan)):.1f} s."]
     return "\n".join(lines) + "\n"
@@ -624,6 +736,7 @@ def build_table(
     nuts_config: Path | None = None,
     runner: Runner = subprocess_runner,
     progress: bool = True,
+    records: Path | None = None,
 ) -> xr.Dataset:
     """Run (or reuse) every fit, assemble the table and write ``baseline_table.{nc,md,tex,png}`` into ``out``.
 
@@ -638,6 +751,9 @@ def build_table(
         nuts_config: TOML settings for the NUTS fits (``--config``).
         runner: how to run one command (tests inject a fake).
         progress: show a progress bar over fits.
+        records: directory of the cell records (default ``out/records``): an env and seed with a record made with
+            the same settings is taken from it and not fitted, even where its run directories are gone; every cell
+            whose runs all finish gets one.
 
     Returns:
         The table Dataset (also written as ``baseline_table.nc``).
@@ -645,22 +761,33 @@ def build_table(
     t0 = time.perf_counter()
     jobs = jobs or os.cpu_count() or 1
     out = Path(out)
-    fits = plan_fits(envs, seeds, out, feedback=feedback)
-    reused = sum((f.out / "metrics.json").is_file() for f in fits)
+    records = Path(records) if records is not None else out / "records"
+    settings = record_settings(feedback, env_size, svi_config, nuts_config)
+    cells = {(env, seed): load_record(records, env, seed, settings) for env in envs for seed in seeds}
+    recorded = {cell for cell, record in cells.items() if record is not None}
+    fits = [f for f in plan_fits(envs, seeds, out, feedback=feedback) if (f.env, f.seed) not in recorded]
+    reused_runs = sum((f.out / "metrics.json").is_file() for f in fits)
 
     def command(spec: FitSpec) -> list[str]:
         return fit_command(spec, feedback=feedback, env_size=env_size, svi_config=svi_config, nuts_config=nuts_config)
 
     outcomes = run_fits(fits, out / "logs", jobs=jobs, runner=runner, command=command, progress=progress)
-    ds = assemble(fits, outcomes, envs, seeds)
+    for cell, cell_fits in _cell_fits(fits).items():
+        cells[cell] = summarize_cell(cell_fits, outcomes, settings)
+        if cells[cell]["complete"]:
+            save_record(records, cells[cell])
+    reused = {(f.env, f.seed, f.run): outcomes[f.name].reused for f in fits}
+    ds = assemble(cells, envs, seeds, run_names(feedback), reused)
     ds.attrs.update(
-        wall_seconds=time.perf_counter() - t0, fits_total=len(fits), fits_reused=reused,
+        wall_seconds=time.perf_counter() - t0, fits_total=len(envs) * len(seeds) * len(run_names(feedback)),
+        fits_reused=reused_runs + len(recorded) * len(run_names(feedback)), cells_from_records=len(recorded),
         fits_run=sum(not o.reused and o.status not in ("skipped",) for o in outcomes.values()), jobs=int(jobs),
         feedback=feedback, svi_config=str(svi_config or ""), nuts_config=str(nuts_config or ""),
+        records=str(records),
         example_fit_command=shlex.join(command(fits[0])) if fits else "",
     )
-    ds.attrs["runs_total_seconds"] = float(sum(float((_read_metrics(f.out) or {}).get("total_seconds", 0.0))
-                                               for f in fits))
+    ds.attrs["runs_total_seconds"] = float(sum(float(run["metrics"].get("total_seconds", 0.0))
+                                               for cell in cells.values() for run in cell["runs"].values()))
     if env_size is not None:
         ds.attrs["env_size"] = int(env_size)
     out.mkdir(parents=True, exist_ok=True)
@@ -683,6 +810,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env-size", type=int, default=None, help="grid side for every fit (default: the env's)")
     p.add_argument("--svi-config", type=Path, default=None, help="TOML settings file for the SVI fits")
     p.add_argument("--nuts-config", type=Path, default=None, help="TOML settings file for the NUTS fits")
+    p.add_argument("--records", type=Path, default=None,
+                   help="cell records: one JSON per env and seed, reused instead of refitting (default OUT/records)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -704,8 +833,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     svi_config = args.svi_config.resolve() if args.svi_config else None
     nuts_config = args.nuts_config.resolve() if args.nuts_config else None
-    ds = build_table(args.envs, seeds, args.out, jobs=args.jobs, feedback=args.feedback, env_size=args.env_size,
-                     svi_config=svi_config, nuts_config=nuts_config, progress=not args.quiet)
+    try:
+        ds = build_table(args.envs, seeds, args.out, jobs=args.jobs, feedback=args.feedback, env_size=args.env_size,
+                         svi_config=svi_config, nuts_config=nuts_config, progress=not args.quiet,
+                         records=args.records)
+    except RecordError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     sys.stdout.write(table_to_markdown(ds))
     print(f"wrote {args.out}/baseline_table.{{nc,md,tex,png}}", file=sys.stderr)
     return 0

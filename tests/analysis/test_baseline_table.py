@@ -71,8 +71,9 @@ class FakeFit:
             metrics = {"fit_seconds": 1.0}
         elif inference == "nuts":
             draws = (truth + noise).reshape(2, 25, -1)
+            flagged = out.name in self.unconverged
             metrics = {"normalized_score": nuts_score(seed), "epic": 0.1, "fit_seconds": 100.0,
-                       "rhat_max": 1.3 if out.name in self.unconverged else 1.001, "divergences": 0}
+                       "rhat_max": 1.3 if flagged else 1.001, "divergences": 0, "converged": not flagged}
         else:
             draws = truth + noise
             metrics = {"normalized_score": svi_score(seed), "epic": 0.2 + 0.1 * seed, "fit_seconds": 10.0}
@@ -215,6 +216,48 @@ def test_a_nuts_run_is_judged_by_its_recorded_verdict() -> None:
     # Chains apart in log density only: parameter R-hat passes, the run's own verdict (rhat_lp 1.2) does not.
     assert not _converged({"rhat_max": 1.004, "divergences": 0, "rhat_lp": 1.2, "converged": False})
     assert _converged({"rhat_max": 1.004, "divergences": 0, "rhat_lp": 1.002, "converged": True})
-    # Runs written before the verdict was recorded: judged from R-hat and divergences.
-    assert _converged({"rhat_max": 1.004, "divergences": 0})
-    assert not _converged({"rhat_max": 1.004, "divergences": 3})
+    # No verdict recorded: not trusted.
+    assert not _converged({"rhat_max": 1.004, "divergences": 0})
+
+
+def test_records_finish_a_table_without_the_runs_and_only_for_the_same_settings(tmp_path: Path) -> None:
+    records = tmp_path / "records"
+    first = FakeFit(fail=["svi-demo_grid_trap_seed2"], unconverged=["nuts_grid_trap_seed1"])
+    ds1 = build_table([ENV], SEEDS, tmp_path / "a", jobs=2, runner=first, progress=False, records=records)
+    # a record per finished cell; seed 2 has a failed fit, so none (it must be retried)
+    assert sorted(p.name for p in records.iterdir()) == [f"{ENV}_seed0.json", f"{ENV}_seed1.json"]
+    saved = json.loads((records / f"{ENV}_seed1.json").read_text())
+    assert saved["runs"]["nuts"]["status"] == "unconverged" and saved["runs"]["nuts"]["metrics"]["rhat_max"] == 1.3
+
+    # Another machine: the run directories are gone. Only seed 2 is fitted; seeds 0 and 1 come from their records.
+    shutil.rmtree(tmp_path / "a")
+    second = FakeFit()
+    ds2 = build_table([ENV], SEEDS, tmp_path / "b", jobs=2, runner=second, progress=False, records=records)
+    assert sorted(second.calls) == sorted(f"{run}_{ENV}_seed2" for run in
+                                          ("svi", "nuts", "svi-pref", "svi-demo", "svi-rating", "svi-stop"))
+    assert (records / f"{ENV}_seed2.json").is_file()
+    for name in ("normalized_score", "epic", "fit_seconds", "correlation", "coverage_svi_in_nuts", "status"):
+        np.testing.assert_array_equal(ds2[name].sel(seed=[0, 1]).values, ds1[name].sel(seed=[0, 1]).values)
+    assert list(ds2["status"].sel(env=ENV, approach="nuts").values) == ["ok", "unconverged", "ok"]
+    assert list(ds2["status"].sel(env=ENV, approach="posthoc").values) == ["ok"] * 3
+    assert bool(ds2["run_reused"].sel(env=ENV, seed=0, run="svi"))
+    assert not bool(ds2["run_reused"].sel(env=ENV, seed=2, run="svi"))
+    assert "2 env-seed cells from their records" in (tmp_path / "b" / "baseline_table.md").read_text()
+
+    # Other settings (here the allocation) do not match the records: every cell is fitted again.
+    third = FakeFit()
+    build_table([ENV], [0], tmp_path / "c", jobs=1, runner=third, progress=False, records=records,
+                feedback="pref=8,demo=1,rating=8,stop=8")
+    assert len(third.calls) == 6
+
+
+def test_cli_names_a_broken_record_and_exits_2(tmp_path: Path) -> None:
+    records = tmp_path / "records"
+    records.mkdir()
+    (records / f"{ENV}_seed0.json").write_text("{not json")
+    result = subprocess.run([sys.executable, "-m", "mavrl_ppl.analysis.baseline_table", "--envs", ENV, "--seeds", "0",
+                             "--out", str(tmp_path / "out"), "--records", str(records), "--quiet"],
+                            capture_output=True, text=True, check=False, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: {records / f'{ENV}_seed0.json'}: not a baseline-table record")
+    assert not (tmp_path / "out").exists()

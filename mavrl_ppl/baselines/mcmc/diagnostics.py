@@ -48,7 +48,8 @@ def nuts_diagnostics(idata: Any, *, rhat_max: float = RHAT_MAX) -> dict[str, Any
     Returns:
         ``rhat_max`` (largest rank-normalised R-hat over all posterior variables and elements), ``ess_bulk_min``,
         ``ess_tail_min`` (smallest bulk / tail ESS), ``divergences`` (post-warm-up divergent transitions),
-        ``tree_depth_max``, ``step_size_mean`` and ``converged`` (R-hat <= ``rhat_max`` and no divergence). With a
+        ``tree_depth_max``, ``step_size_mean``, ``mean_steps`` (leapfrog steps per draw, the cost; NaN without an
+        ``n_steps`` stat) and ``converged`` (R-hat <= ``rhat_max`` and no divergence). With a
         ``lp`` (log density) sample stat also ``lp_chain_means`` (each chain's mean log density) and ``rhat_lp``
         (its R-hat across chains), which ``converged`` requires to be <= ``rhat_max`` as well: chains that sample
         separate basins of the posterior differ in log density even where no single parameter shows it clearly.
@@ -68,6 +69,7 @@ def nuts_diagnostics(idata: Any, *, rhat_max: float = RHAT_MAX) -> dict[str, Any
         "divergences": divergences,
         "tree_depth_max": int(np.asarray(stats["tree_depth"].values).max()),
         "step_size_mean": float(np.asarray(stats["step_size"].values).mean()),
+        "mean_steps": float(np.asarray(stats["n_steps"].values).mean()) if "n_steps" in stats else float("nan"),
         **log_density,
         "converged": bool(rhat <= rhat_max and log_density.get("rhat_lp", 1.0) <= rhat_max and divergences == 0),
     }

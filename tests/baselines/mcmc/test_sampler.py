@@ -92,6 +92,7 @@ def test_run_nuts_returns_the_inference_data_contract():
         "divergences",
         "tree_depth_max",
         "step_size_mean",
+        "mean_steps",
         "rhat_lp",
         "lp_chain_means",
         "converged",
@@ -100,6 +101,8 @@ def test_run_nuts_returns_the_inference_data_contract():
     assert d["converged"] == (d["rhat_max"] <= 1.01 and d["rhat_lp"] <= 1.01 and d["divergences"] == 0)
     lp = idata.sample_stats["lp"].values
     assert d["lp_chain_means"] == pytest.approx(lp.mean(axis=1).tolist())
+    assert d["mean_steps"] == pytest.approx(float(idata.sample_stats["n_steps"].mean()))
+    assert 1 <= d["mean_steps"] < 2 ** settings.max_tree_depth
     assert d["fit_seconds"] > 0
 
 
