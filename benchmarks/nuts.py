@@ -39,6 +39,7 @@ from _common import RESULTS, kept_notes, machine, mean_se, write_section
 
 from mavrl_ppl.analysis.baseline_table import parse_seeds, record_path
 from mavrl_ppl.baselines.mcmc import NutsSettings, run_nuts, set_host_devices
+from mavrl_ppl.baselines.mcmc.init import MODE_SEARCHES
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -203,7 +204,8 @@ def section(command, info, args, q_rows, rows, results_path) -> str:
         f"stop lapse {args.stop_lapse} (0 = the paper's model); "
         "score = normalised score of the greedy policy for the posterior-mean reward; wall = data simulation + "
         "NUTS (compilation included) + log-likelihood + InferenceData; start-up = the part of it before sampling "
-        "(8 Adam mode searches, Hessian, compilation: `init_seconds`); log-density R-hat = rank R-hat of the chains' "
+        f"({MODE_SEARCHES} Adam mode searches, Hessian, compilation: `init_seconds`); log-density R-hat = rank R-hat "
+        "of the chains' "
         "log density (chains in separate basins).",
         "",
         f"Machine: {info['nproc']} cores (`nproc`), {info['cpu']}, Python {info['python']}, jax {info['jax']}, "
