@@ -53,6 +53,7 @@ __all__ = [
     "load_record",
     "parse_seeds",
     "plan_fits",
+    "record_path",
     "record_settings",
     "run_names",
     "save_record",
