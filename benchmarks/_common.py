@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+#: The baseline table's cell records (committed): written by baseline_table.py, read by nuts.py --from-records.
+TABLE_RECORDS = Path(__file__).resolve().parent / "baseline_table_records"
 
 
 def timed(fn: Callable[[], object], repeats: int, min_seconds: float = 0.05) -> tuple[list[float], int]:

@@ -28,12 +28,11 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from _common import kept_notes, machine, write_section
+from _common import TABLE_RECORDS, kept_notes, machine, write_section
 
 from mavrl_ppl.analysis import baseline_table
 
 SECTION = "## Baseline table (issue 5)"
-RECORDS = Path(__file__).resolve().parent / "baseline_table_records"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--envs", nargs="+", default=["grid_cliff", "grid_sparse", "grid_trap"])
     parser.add_argument("--seeds", default="0-9", help="e.g. 0-9 or 0,1,2")
     parser.add_argument("--out", type=Path, default=Path("runs/table"), help="the table's directory (reused)")
-    parser.add_argument("--records", type=Path, default=RECORDS, help="cell records (committed; reused)")
+    parser.add_argument("--records", type=Path, default=TABLE_RECORDS, help="cell records (committed; reused)")
     parser.add_argument("--jobs", type=int, default=1, help="parallel fits")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args(argv)

@@ -35,7 +35,7 @@ from datetime import datetime
 from functools import partial
 from pathlib import Path
 
-from _common import RESULTS, kept_notes, machine, mean_se, write_section
+from _common import RESULTS, TABLE_RECORDS, kept_notes, machine, mean_se, write_section
 
 from mavrl_ppl.analysis.baseline_table import parse_seeds, record_path
 from mavrl_ppl.baselines.mcmc import NutsSettings, run_nuts, set_host_devices
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-lapse", type=float, default=0.0,
                         help="simulate and fit stops with this lapse rate (feedback/stop.py; 0 = the paper's model)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
-    parser.add_argument("--from-records", type=Path, nargs="?", const=RECORDS, default=None,
+    parser.add_argument("--from-records", type=Path, nargs="?", const=TABLE_RECORDS, default=None,
                         help="tabulate the NUTS runs of the baseline table's cell records instead of sampling")
     args = parser.parse_args(argv)
     devices = set_host_devices(args.devices)  # before anything runs on JAX
@@ -115,7 +115,6 @@ def main(argv: list[str] | None = None) -> int:
                 "seed": seed,
                 "lapse": args.stop_lapse,
                 **result.diagnostics,
-                "init_seconds": float(result.idata.attrs["init_seconds"]),
                 "score": metrics["normalized_score"],
                 "epic": metrics["epic"],
                 "wall": time.perf_counter() - start,
@@ -140,7 +139,6 @@ def row_from_record(records: Path, env: str, seed: int) -> dict:
 
 
 SECTION = "## NUTS baseline (issue 4)"
-RECORDS = Path(__file__).resolve().parent / "baseline_table_records"
 
 
 def q_scheme_timings() -> list[dict]:
@@ -205,8 +203,7 @@ def section(command, info, args, q_rows, rows, results_path) -> str:
         "score = normalised score of the greedy policy for the posterior-mean reward; wall = data simulation + "
         "NUTS (compilation included) + log-likelihood + InferenceData; start-up = the part of it before sampling "
         f"({MODE_SEARCHES} Adam mode searches, Hessian, compilation: `init_seconds`); log-density R-hat = rank R-hat "
-        "of the chains' "
-        "log density (chains in separate basins).",
+        "of the chains' log density (chains in separate basins).",
         "",
         f"Machine: {info['nproc']} cores (`nproc`), {info['cpu']}, Python {info['python']}, jax {info['jax']}, "
         f"numpyro {info['numpyro']}, {info['devices']} XLA host devices, {info['platform']}. "

@@ -336,10 +336,8 @@ def _fit_nuts(config, mdp, feedback, work: Path, progress: bool):
     plot_nuts_diagnostics(result.idata, work)
     d = result.diagnostics
     keys = ("rhat_max", "ess_bulk_min", "ess_tail_min", "divergences", "tree_depth_max", "step_size_mean",
-            "mean_steps", "rhat_lp", "lp_chain_means", "converged", "fit_seconds")
-    metrics = {k: d[k] for k in keys if k in d}
-    metrics["init_seconds"] = float(result.idata.attrs["init_seconds"])  # mode searches + compilation
-    return result.idata, metrics, bool(d["converged"])
+            "mean_steps", "rhat_lp", "lp_chain_means", "converged", "fit_seconds", "init_seconds")
+    return result.idata, {k: d[k] for k in keys if k in d}, bool(d["converged"])
 
 
 def _tabular_metrics(config, mdp, idata, work: Path) -> dict[str, Any]:

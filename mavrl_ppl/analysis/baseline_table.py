@@ -778,10 +778,11 @@ def build_table(
         if cells[cell]["complete"]:
             save_record(records, cells[cell])
     reused = {(f.env, f.seed, f.run): outcomes[f.name].reused for f in fits}
-    ds = assemble(cells, envs, seeds, run_names(feedback), reused)
+    runs = run_names(feedback)
+    ds = assemble(cells, envs, seeds, runs, reused)
     ds.attrs.update(
-        wall_seconds=time.perf_counter() - t0, fits_total=len(envs) * len(seeds) * len(run_names(feedback)),
-        fits_reused=reused_runs + len(recorded) * len(run_names(feedback)), cells_from_records=len(recorded),
+        wall_seconds=time.perf_counter() - t0, fits_total=len(envs) * len(seeds) * len(runs),
+        fits_reused=reused_runs + len(recorded) * len(runs), cells_from_records=len(recorded),
         fits_run=sum(not o.reused and o.status not in ("skipped",) for o in outcomes.values()), jobs=int(jobs),
         feedback=feedback, svi_config=str(svi_config or ""), nuts_config=str(nuts_config or ""),
         records=str(records),

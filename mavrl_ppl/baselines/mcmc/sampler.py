@@ -71,7 +71,8 @@ class NutsResult(NamedTuple):
         idata: the posterior (``reward``, nuisance parameters), NUTS ``sample_stats``, ``log_likelihood``,
             ``observed_data`` and ``constant_data``, with run attributes.
         diagnostics: ``rhat_max``, ``ess_bulk_min``, ``ess_tail_min``, ``divergences``, ``tree_depth_max``,
-            ``step_size_mean``, ``converged`` and ``fit_seconds`` (see :func:`nuts_diagnostics`).
+            ``step_size_mean``, ``mean_steps``, ``converged`` (see :func:`nuts_diagnostics`), ``fit_seconds`` and
+            ``init_seconds`` (the chain-start part of it: mode searches, Hessian, compilation).
     """
 
     idata: Any
@@ -266,5 +267,5 @@ def run_nuts(mdp: TabularMDP, feedback: Mapping[str, Any], settings: NutsSetting
         },
         log_likelihood=log_lik,
     )
-    diagnostics = {**nuts_diagnostics(idata), "fit_seconds": fit_seconds}
+    diagnostics = {**nuts_diagnostics(idata), "fit_seconds": fit_seconds, "init_seconds": init_seconds}
     return NutsResult(idata=idata, diagnostics=diagnostics)

@@ -97,13 +97,15 @@ def test_run_nuts_returns_the_inference_data_contract():
         "lp_chain_means",
         "converged",
         "fit_seconds",
+        "init_seconds",
     }
     assert d["converged"] == (d["rhat_max"] <= 1.01 and d["rhat_lp"] <= 1.01 and d["divergences"] == 0)
     lp = idata.sample_stats["lp"].values
     assert d["lp_chain_means"] == pytest.approx(lp.mean(axis=1).tolist())
     assert d["mean_steps"] == pytest.approx(float(idata.sample_stats["n_steps"].mean()))
     assert 1 <= d["mean_steps"] < 2 ** settings.max_tree_depth
-    assert d["fit_seconds"] > 0
+    assert 0 < d["init_seconds"] < d["fit_seconds"]
+    assert d["init_seconds"] == idata.attrs["init_seconds"]
 
 
 @pytest.mark.slow
