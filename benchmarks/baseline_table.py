@@ -6,7 +6,7 @@ Run from the repository root::
     python benchmarks/baseline_table.py --seeds 0-4            # part of it; a later call reuses the finished runs
     python benchmarks/baseline_table.py --no-write             # tabulate without touching RESULTS.md
 
-It calls ``python -m mavrl_ppl.analysis.baseline_table`` (same arguments; finished runs under ``--out`` are reused,
+It calls ``python -m mavrl_ppl.experiments.baseline_table`` (same arguments; finished runs under ``--out`` are reused,
 so the table can be built over several invocations; each finished env and seed is recorded in ``--records``, by
 default ``benchmarks/baseline_table_records/``, which is committed: a later invocation on another machine takes those
 cells from their records and fits only the rest) and copies the table's Markdown into this script's section of

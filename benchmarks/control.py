@@ -24,14 +24,13 @@ import json
 import shlex
 import sys
 import tempfile
-import time
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 from _common import kept_notes, machine, write_section
 
-from mavrl_ppl.analysis.baseline_table import parse_seeds
+from mavrl_ppl.experiments.baseline_table import parse_seeds
 
 HEADER = "## Control environments (issue 6)"
 RUNS = Path(__file__).resolve().parent / "control_runs.json"
@@ -39,20 +38,14 @@ TARGETS = {"CartPole-v1": 97.0, "Acrobot-v1": 95.0}
 
 
 def run_one(env_id: str, seed: int, ppo_timesteps: int | None, eval_episodes: int, svi: dict) -> dict:
-    """One end-to-end run with the command's own code path; returns its metrics (plus the wall time)."""
-    from mavrl_ppl.envs.control import paper_allocation
-    from mavrl_ppl.experiments.control_fit import control_svi_config, fit_control
+    """One end-to-end run with the command's own code path (:func:`mavrl_ppl.runs.run`); returns its metrics."""
+    from mavrl_ppl import runs
 
-    config = {"env": env_id, "seed": seed, "feedback": paper_allocation(env_id), "data": None,
-              "svi": control_svi_config(svi), "ppo_timesteps": ppo_timesteps,
-              "eval_episodes": eval_episodes}
-    t0 = time.perf_counter()
+    config = runs.resolve_config({"env": env_id, "seed": seed, "svi": svi, "ppo_timesteps": ppo_timesteps,
+                                  "eval_episodes": eval_episodes})
     with tempfile.TemporaryDirectory() as tmp:
-        run = fit_control(config, Path(tmp), progress=False)
-    metrics = dict(run.metrics)
-    metrics["total_seconds"] = time.perf_counter() - t0
-    metrics["svi"] = {k: v for k, v in config["svi"].items() if k != "progress_bar"}
-    return metrics
+        result = runs.run(config, Path(tmp) / "run")
+    return {**result.metrics, "svi": config["svi"]}
 
 
 def _se(x: np.ndarray) -> float:
@@ -69,7 +62,7 @@ def section(runs: list[dict], notes: str | None) -> str:
         "four types; the committed expert DQN as teacher; SVI with the encoder on observation + one-hot action; PPO on",
         "the posterior-mean reward minus its value in the absorbing state; final PPO policy, never a checkpoint chosen",
         "by the true reward; true undiscounted return; normalised with REFERENCE §4). SVI settings: the package",
-        "defaults overridden by `control_fit.CONTROL_SVI` (the exact values are listed per env below).",
+        "defaults overridden by `runs.CONTROL_SVI` (the exact values are listed per env below).",
         "",
         f"Machine: {m['nproc']} cores (`nproc`), {m['cpu']}, Python {m['python']}, shared with other work (load "
         f"average at the last write: {m['load']}). Recorded {datetime.now():%Y-%m-%d %H:%M}.",
@@ -114,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--envs", default="CartPole-v1")
     p.add_argument("--seeds", default="0-4")
-    p.add_argument("--ppo-timesteps", type=int, default=None, help="default: the env's (control_fit)")
+    p.add_argument("--ppo-timesteps", type=int, default=None, help="default: the env's (runs.DEFAULT_PPO_TIMESTEPS)")
     p.add_argument("--eval-episodes", type=int, default=100)
-    p.add_argument("--svi", default="{}", help="JSON of SVISettings overrides of control_fit.CONTROL_SVI (recorded)")
+    p.add_argument("--svi", default="{}", help="JSON of SVISettings overrides of runs.CONTROL_SVI (recorded)")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
     import torch

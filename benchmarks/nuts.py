@@ -37,9 +37,9 @@ from pathlib import Path
 
 from _common import RESULTS, TABLE_RECORDS, kept_notes, machine, mean_se, write_section
 
-from mavrl_ppl.analysis.baseline_table import parse_seeds, record_path
 from mavrl_ppl.baselines.mcmc import NutsSettings, run_nuts, set_host_devices
 from mavrl_ppl.baselines.mcmc.init import MODE_SEARCHES
+from mavrl_ppl.experiments.baseline_table import parse_seeds, record_path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from _common import machine, mean_se, write_section
 
-from mavrl_ppl.analysis.baseline_table import parse_seeds
+from mavrl_ppl.experiments.baseline_table import parse_seeds
 
 PAPER = {"pref": 64, "demo": 1, "rating": 64, "stop": 256}
 CELLS = ("all", "pref", "demo", "rating", "stop")

@@ -9,7 +9,9 @@ from mavrl_ppl.analysis.metrics import (
     epic_distance,
     evaluate_reward,
     greedy_policy_for,
+    learned_reward,
     normalization_constants,
+    posterior_mean,
 )
 
 __all__ = [
@@ -18,5 +20,7 @@ __all__ = [
     "epic_distance",
     "evaluate_reward",
     "greedy_policy_for",
+    "learned_reward",
     "normalization_constants",
+    "posterior_mean",
 ]

@@ -18,6 +18,8 @@ Definitions used here:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from mavrl_ppl.envs.tabular import (
@@ -176,3 +178,25 @@ def evaluate_reward(mdp: TabularMDP, learned_rewards: np.ndarray) -> dict[str, f
         "discounted_value": v,
         "epic": epic_distance(mdp.rewards, learned_rewards, mdp.gamma),
     }
+
+
+def posterior_mean(idata: Any) -> np.ndarray:
+    """Posterior mean of ``reward`` over chains and draws (an InferenceData or its ``posterior`` Dataset)."""
+    posterior = idata.posterior if hasattr(idata, "posterior") else idata
+    return posterior["reward"].mean(("chain", "draw")).values
+
+
+def learned_reward(mdp: TabularMDP, mean: np.ndarray) -> np.ndarray:
+    """The ``(S, A, S)`` reward a posterior mean stands for: one value per reward group (the grids: per state), or per
+    state-action pair (``R(s, a, s') = r(s, a)``).
+
+    Raises:
+        ValueError: a shape that fits neither.
+    """
+    mean = np.asarray(mean, dtype=np.float64)
+    if mean.shape == (mdp.num_groups,):
+        return mdp.with_group_rewards(mean)
+    if mean.shape == (mdp.num_states, mdp.num_actions):
+        return np.broadcast_to(mean[:, :, None], mdp.transitions.shape)
+    raise ValueError(f"posterior mean of shape {mean.shape} fits neither {mdp.num_groups} groups nor "
+                     f"({mdp.num_states}, {mdp.num_actions}) state-actions of {mdp.name}")

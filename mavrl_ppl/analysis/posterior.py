@@ -14,7 +14,7 @@ Built with ``az.from_dict`` (available in ArviZ 0.x and 1.x). Groups:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 
 import arviz as az
@@ -127,3 +127,11 @@ def _netcdf_safe(attrs: Mapping[str, object]) -> dict:
 def posterior_mean_reward(idata: az.InferenceData) -> np.ndarray:
     """Posterior mean of ``reward`` over chains and draws."""
     return idata.posterior["reward"].mean(("chain", "draw")).values
+
+
+def svi_history(history: Mapping[str, Sequence[float]]) -> xr.Dataset:
+    """An SVI fit's history as the ``elbo`` group: ``loss`` (negative ELBO) per step, the held-out negative log
+    predictive per item and the step of each validation pass."""
+    return xr.Dataset({"loss": ("step", np.asarray(history["elbo"])),
+                       "validation_nll": ("evaluation", np.asarray(history["validation"])),
+                       "validation_step": ("evaluation", np.asarray(history["validation_step"]))})

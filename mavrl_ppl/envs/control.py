@@ -92,11 +92,6 @@ def control_spec(name: str) -> ControlEnvSpec:
         raise ValueError(f"unknown control env {name!r}; known: {', '.join(CONTROL_ENVS)}") from None
 
 
-def paper_allocation(name: str) -> str:
-    """The fixed allocation as a ``--feedback`` string, e.g. ``"pref=256,demo=4,rating=256,stop=64"``."""
-    return ",".join(f"{k}={v}" for k, v in control_spec(name).allocation.items())
-
-
 def normalized_score(name: str, mean_return: float) -> float:
     """``100 * (R - R_uniform) / (R_optimal - R_uniform)`` with REFERENCE §4's normalisers."""
     spec = control_spec(name)

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from mavrl_ppl.envs.control import CONTROL_ENVS
+from mavrl_ppl.envs.allocation import paper_counts
 
 FEEDBACK_TYPES: tuple[str, ...] = ("pref", "demo", "rating", "stop")
 LETTERS: dict[str, str] = {"p": "pref", "d": "demo", "r": "rating", "s": "stop"}
@@ -37,10 +37,6 @@ ALL_SUBSETS: tuple[str, ...] = (
 )
 
 # REFERENCE §3. Keys are the env families; :func:`env_family` maps an env name to one.
-FIXED_COUNTS: dict[str, dict[str, int]] = {  # the control envs' counts live in their specs (one source of truth)
-    "grid": {"pref": 64, "demo": 1, "rating": 64, "stop": 256},
-    **{env_id.split("-")[0].lower(): dict(spec.allocation) for env_id, spec in CONTROL_ENVS.items()},
-}
 BUDGETS: dict[str, int] = {"grid": 64, "cartpole": 64, "acrobot": 64, "lunarlander": 256}
 BUDGET_CAPS: dict[str, dict[str, int]] = {
     "grid": {"demo": 16},
@@ -102,7 +98,8 @@ def env_family(env: str) -> str:
 def fixed_counts(env: str, subset: str | Iterable[str]) -> dict[str, int]:
     """REFERENCE §3 fixed allocation of ``env`` restricted to ``subset`` (inactive types omitted)."""
     types = parse_subset(subset) if isinstance(subset, str) else parse_subset("_".join(subset))
-    table = FIXED_COUNTS[env_family(env)]
+    env_family(env)  # names the known envs when there is no allocation
+    table = paper_counts(env)
     return {t: table[t] for t in types}
 
 

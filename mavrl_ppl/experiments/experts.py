@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-EXPERTS_DIR = Path(__file__).resolve().parent.parent / "experts"
+from mavrl_ppl.envs.experts import EXPERTS_DIR, expert_path, load_expert  # noqa: F401 (re-exported)
 
 #: The zoo's Acrobot-v1 settings; LunarLander-v3 uses the same ones here.
 _ACROBOT_LIKE: dict[str, Any] = {
@@ -64,27 +64,6 @@ DQN_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def expert_path(env_id: str) -> Path:
-    """Where the committed expert of ``env_id`` lives (package data)."""
-    return EXPERTS_DIR / f"{env_id}.zip"
-
-
-def load_expert(env_id: str):
-    """The committed expert DQN of ``env_id`` (CPU).
-
-    Raises:
-        FileNotFoundError: no expert was trained for this env (names the command that makes one).
-    """
-    from stable_baselines3 import DQN
-
-    path = expert_path(env_id)
-    if not path.exists():
-        raise FileNotFoundError(
-            f"no expert for {env_id} at {path}; train one with `python -m mavrl_ppl.experiments.experts --env {env_id}`"
-        )
-    return DQN.load(path, device="cpu")
-
-
 def greedy_returns(model, env_id: str, episodes: int, seed: int) -> np.ndarray:
     """Undiscounted TRUE returns of ``model``'s greedy policy on ``episodes`` episodes (vectorised over envs).
 
@@ -94,7 +73,7 @@ def greedy_returns(model, env_id: str, episodes: int, seed: int) -> np.ndarray:
         episodes: number of complete episodes.
         seed: seeds the episodes' initial states (episode ``i`` of env ``j`` is reproducible).
     """
-    from mavrl_ppl.experiments.retrain import evaluate_true_return
+    from mavrl_ppl.analysis.retrain import evaluate_true_return
 
     return evaluate_true_return(model, env_id, episodes, seed)
 

@@ -229,23 +229,6 @@ def _holdout_nll(model: Any, holdout: Mapping[str, Any]) -> float:
                          for name, ds in holdout.items()))
 
 
-def _learned_reward(mdp: Any, model: Any, settings: SVISettings, seed: int) -> np.ndarray:
-    """The posterior-mean reward on every state, as a ``(S, A, S)`` array for the metrics."""
-    import torch
-
-    from mavrl_ppl.feedback.teachers import one_hot_features
-    from mavrl_ppl.inference.svi import posterior_draws
-
-    reward, dims, _ = posterior_draws(model, one_hot_features(mdp.num_states), settings.num_posterior_samples,
-                                      torch.Generator().manual_seed(seed))
-    mean = reward.mean(axis=(0, 1))
-    if dims == ("state",):
-        if mdp.num_groups != mdp.num_states:
-            raise ValueError(f"{mdp.name}: a per-state reward needs one reward group per state")
-        return mdp.with_group_rewards(mean)
-    return np.broadcast_to(mean[:, :, None], mdp.transitions.shape)
-
-
 def evaluate_settings(
     spec: CellSpec,
     settings: SVISettings,
@@ -272,36 +255,33 @@ def evaluate_settings(
         ``normalized_score``, ``epic``, ``fit_seconds``, ``steps``, ``best_step`` (NaN where not computed or
         failed) and ``error`` (``None`` or the message).
     """
-    import torch
+    import dataclasses
 
-    from mavrl_ppl.analysis.metrics import evaluate_reward
-    from mavrl_ppl.envs.grids import make_tabular
+    from mavrl_ppl import runs
+    from mavrl_ppl.envs.allocation import format_counts
     from mavrl_ppl.feedback import TabularTeacher
     from mavrl_ppl.feedback.data import simulate_feedback
-    from mavrl_ppl.inference.svi import fit_svi
 
-    torch.set_num_threads(1)  # tiny networks: threads cost more than they give, and one thread is reproducible
-    mdp = make_tabular(spec.env, size=spec.env_size, p_rand=spec.p_rand)
-    teacher = TabularTeacher(mdp)
+    svi = {k: v for k, v in dataclasses.asdict(settings).items() if k != "progress_bar"}
     keys = ("validation_nll", "holdout_nll", "normalized_score", "epic", "fit_seconds", "steps", "best_step")
     out: dict[str, list] = {"seed": [], "error": [], **{k: [] for k in keys}}
     for s in seeds:
         row = dict.fromkeys(keys, math.nan)
         error = None
         try:
-            feedback = simulate_feedback(teacher, dict(counts), np.random.default_rng(s))
-            if not feedback:
-                raise ValueError(f"no feedback to fit: counts {dict(counts)}")
-            result = fit_svi(feedback, settings, seed=int(s), mdp=mdp)
-            row.update(validation_nll=float(min(result.history["validation"])), fit_seconds=result.fit_seconds,
-                       steps=result.steps, best_step=result.best_step)
+            config = runs.resolve_config({"env": spec.env, "env_size": spec.env_size, "p_rand": spec.p_rand,
+                                          "seed": int(s), "feedback": format_counts(counts), "svi": svi})
+            problem = runs.make_problem(config)
+            fitted = runs.fit_problem(problem)
+            m = fitted.metrics
+            row.update(validation_nll=float(fitted.idata["elbo"]["validation_nll"].min()),
+                       fit_seconds=m["fit_seconds"], steps=m["steps"], best_step=m["best_step"])
             if holdout:
-                held = simulate_feedback(teacher, fixed_counts(spec.env, spec.subset),
+                held = simulate_feedback(TabularTeacher(problem.mdp), fixed_counts(spec.env, spec.subset),
                                          np.random.default_rng([HOLDOUT_STREAM, int(s)]))
-                row["holdout_nll"] = _holdout_nll(result.model, held)
-            if score:
-                metrics = evaluate_reward(mdp, _learned_reward(mdp, result.model, settings, int(s)))
-                row.update(normalized_score=metrics["normalized_score"], epic=metrics["epic"])
+                row["holdout_nll"] = _holdout_nll(fitted.model, held)
+            if score:  # reported beside the objective; selects nothing unless the study's objective is the score
+                row.update(normalized_score=m["normalized_score"], epic=m["epic"])
         except Exception as exc:
             if not catch:
                 raise

@@ -139,3 +139,13 @@ class ControlTeacher:
         if absorbing is not None:
             q = np.where(absorbing[..., None], 0.0, q)
         return q
+
+
+def control_teacher(env_id: str, behaviour_beta: float | Sequence[float] | None = None) -> ControlTeacher:
+    """The paper's teacher on a control env: the committed expert DQN (:func:`~mavrl_ppl.envs.experts.load_expert`)
+    as a Boltzmann-rational :class:`ControlTeacher`; the queried segments' behaviour policy defaults to the env's
+    (``ControlEnvSpec.behaviour_beta``)."""
+    from mavrl_ppl.envs.experts import load_expert
+
+    beta = tuple(behaviour_beta) if isinstance(behaviour_beta, (list, tuple)) else behaviour_beta
+    return ControlTeacher(env_id, expert_q_function(load_expert(env_id)), behaviour_beta=beta)

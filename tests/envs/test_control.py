@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mavrl_ppl.envs.allocation import paper_allocation
 from mavrl_ppl.envs.control import (
     CONTROL_ENVS,
     boltzmann_policy,
@@ -13,7 +14,6 @@ from mavrl_ppl.envs.control import (
     is_control_env,
     mixture_policy,
     normalized_score,
-    paper_allocation,
     rollout_stream,
     visited_points,
 )

@@ -1,33 +1,37 @@
 """NumPyro NUTS reference posterior for tabular MDPs (DESIGN §5).
 
-Importing this package imports JAX and switches it to float64 (``jax_enable_x64``) for the whole process; call
-:func:`set_host_devices` before anything else touches JAX to run chains in parallel on the host's cores.
+Importing this package imports neither JAX nor NumPyro: the names below load their modules on first use, so the
+command line can read :class:`NutsSettings` and :data:`RHAT_MAX` without starting JAX. Nothing switches JAX to float64
+as a side effect of an import: :func:`run_nuts` calls :func:`enable_x64` itself, and code that uses the model
+functions directly calls it first. Call :func:`set_host_devices` before anything touches JAX to run chains in
+parallel on the host's cores.
 """
 
-from mavrl_ppl.baselines.mcmc.devices import enable_x64, set_host_devices
-from mavrl_ppl.baselines.mcmc.diagnostics import RHAT_MAX, nuts_diagnostics
-from mavrl_ppl.baselines.mcmc.model import TabularFeedbackModel, make_model
-from mavrl_ppl.baselines.mcmc.planning import optimal_policy, q_star_exact, q_star_sweeps
-from mavrl_ppl.baselines.mcmc.plots import plot_nuts_diagnostics
-from mavrl_ppl.baselines.mcmc.potential import ModelFunctions, model_functions
-from mavrl_ppl.baselines.mcmc.sampler import NutsResult, NutsSettings, run_nuts
+from __future__ import annotations
 
-enable_x64()
+import importlib
+from typing import Any
 
-__all__ = [
-    "RHAT_MAX",
-    "ModelFunctions",
-    "NutsResult",
-    "NutsSettings",
-    "TabularFeedbackModel",
-    "enable_x64",
-    "make_model",
-    "model_functions",
-    "nuts_diagnostics",
-    "optimal_policy",
-    "plot_nuts_diagnostics",
-    "q_star_exact",
-    "q_star_sweeps",
-    "run_nuts",
-    "set_host_devices",
-]
+from mavrl_ppl.baselines.mcmc.settings import RHAT_MAX, NutsSettings
+
+_LAZY = {
+    "enable_x64": "devices",
+    "set_host_devices": "devices",
+    "nuts_diagnostics": "diagnostics",
+    "TabularFeedbackModel": "model",
+    "make_model": "model",
+    "plot_nuts_diagnostics": "plots",
+    "ModelFunctions": "potential",
+    "model_functions": "potential",
+    "NutsResult": "sampler",
+    "run_nuts": "sampler",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["RHAT_MAX", "NutsSettings", *_LAZY]

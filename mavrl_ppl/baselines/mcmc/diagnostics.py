@@ -7,9 +7,7 @@ from typing import Any
 
 import numpy as np
 
-#: A run counts as converged when every posterior variable has rank-normalised split R-hat at most this (Vehtari et
-#: al. 2021) and no transition diverged.
-RHAT_MAX = 1.01
+from mavrl_ppl.baselines.mcmc.settings import RHAT_MAX
 
 
 def arviz() -> Any:

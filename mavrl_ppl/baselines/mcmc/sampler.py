@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, NamedTuple
 
 import jax
@@ -19,49 +19,11 @@ from mavrl_ppl.baselines.mcmc.diagnostics import arviz, nuts_diagnostics
 from mavrl_ppl.baselines.mcmc.init import dispersed_starts
 from mavrl_ppl.baselines.mcmc.model import make_model, nuisance_sites
 from mavrl_ppl.baselines.mcmc.potential import model_functions, uniform_starts
+from mavrl_ppl.baselines.mcmc.settings import NutsSettings
 from mavrl_ppl.envs.tabular import TabularMDP
-
-CHAIN_METHODS = ("auto", "parallel", "vectorized", "sequential")
-
-#: Where the chains start: ``"mode"`` (dispersed draws around the posterior mode, :mod:`.init`) or ``"prior"``
-#: (NumPyro's default, uniform on (-2, 2) in every unconstrained coordinate).
-INIT_METHODS = ("mode", "prior")
 
 #: Environment variables under which NumPyro keeps its progress bars off (CI logs, pytest-xdist workers).
 _BARS_OFF = frozenset({"CI", "PYTEST_XDIST_WORKER"})
-
-
-@dataclass
-class NutsSettings:
-    """How to run NUTS (the defaults are the paper-grid benchmark's)."""
-
-    num_chains: int = 4  # independent chains (R-hat needs >= 2)
-    num_warmup: int = 500  # warm-up iterations per chain (step size and mass matrix adaptation), discarded
-    num_samples: int = 1000  # kept draws per chain
-    target_accept_prob: float = 0.8  # NUTS's step-size adaptation target; raise it if transitions diverge
-    max_tree_depth: int = 10  # at most 2^depth - 1 leapfrog steps per iteration (kept draws)
-    warmup_max_tree_depth: int = 10  # the bound during warm-up only (7 halved cost and ESS alike: RESULTS.md)
-    dense_mass: bool = False  # adapt a dense (True) or diagonal (False) mass matrix
-    seed: int = 0  # PRNG seed of the chains' initial points and trajectories
-    progress_bar: bool = True  # one tqdm bar per chain (NumPyro's), advancing as the chains sample
-    chain_method: str = "auto"  # auto: chains split over the host devices (one thread each), else sequential
-    q_method: str = "exact"  # Q* in the model: "exact" (policy iteration + linear solve) or "sweeps"
-    log_likelihood: bool = True  # store per-item log-likelihoods (ArviZ log_likelihood group, for LOO/WAIC)
-    init: str = "mode"  # chain starts: "mode" (N(mode, init_scale^2 H^-1) draws) or "prior" (NumPyro's default)
-    init_scale: float = 0.25  # "mode" only: spread of the starts in units of the approximation's sd (see init.py)
-
-    def __post_init__(self) -> None:
-        if self.chain_method not in CHAIN_METHODS:
-            raise ValueError(f"chain_method must be one of {CHAIN_METHODS}, got {self.chain_method!r}")
-        if self.init not in INIT_METHODS:
-            raise ValueError(f"init must be one of {INIT_METHODS}, got {self.init!r}")
-        if not self.init_scale > 0:
-            raise ValueError(f"init_scale must be positive, got {self.init_scale}")
-        for name in ("num_chains", "num_warmup", "num_samples", "max_tree_depth", "warmup_max_tree_depth"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if not 0.0 < self.target_accept_prob < 1.0:
-            raise ValueError(f"target_accept_prob must lie in (0, 1), got {self.target_accept_prob}")
 
 
 class NutsResult(NamedTuple):

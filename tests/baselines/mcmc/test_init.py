@@ -90,16 +90,6 @@ def test_dispersed_starts_rejects_bad_arguments():
         dispersed_starts(functions.potential, functions.shapes, 2, np.random.default_rng(0), scale=-1.0)
 
 
-def test_the_command_line_nuts_defaults_are_the_settings_defaults():
-    """fit.py keeps its own copy of the NUTS defaults (importing the sampler would import JAX on every SVI run)."""
-    import dataclasses
-
-    from mavrl_ppl.fit import NUTS_FIELDS
-
-    defaults = {f.name: f.default for f in dataclasses.fields(NutsSettings)}
-    assert {name: default for name, (_, default, _) in NUTS_FIELDS.items()} == {k: defaults[k] for k in NUTS_FIELDS}
-
-
 def two_basins(x):
     """A 1-D potential with a shallow basin at +0.2 (next to zero) and one ~4.6 nats deeper at -1.2."""
     wells = jnp.stack([-((x[0] - 0.2) ** 2) / 0.02, jnp.log(100.0) - (x[0] + 1.2) ** 2 / 0.02])

@@ -1,11 +1,12 @@
 """The baseline table: MAVRL-SVI vs the NUTS reference vs the Post-Hoc average of single-type models, over envs x seeds.
 
-``python -m mavrl_ppl.analysis.baseline_table --envs grid_cliff grid_sparse grid_trap --seeds 0-9 --out DIR``
+``python -m mavrl_ppl.experiments.baseline_table --envs grid_cliff grid_sparse grid_trap --seeds 0-9 --out DIR``
 
-For every env and seed it runs, as subprocesses of ``python -m mavrl_ppl.fit`` into ``DIR/runs/<run>_<env>_seed<S>``:
+For every env and seed it runs, each a :func:`mavrl_ppl.runs.run` into ``DIR/runs/<run>_<env>_seed<S>`` through the
+one executor (:mod:`mavrl_ppl.experiments.executor`):
 
 * ``svi``: MAVRL-SVI on all feedback types (simulated with the seed at ``--feedback``'s allocation);
-* ``nuts``: NUTS on the SAME data (``--data`` the SVI run's ``feedback.nc``);
+* ``nuts``: NUTS on the SAME data (``data`` = the SVI run's ``feedback.nc``);
 * ``svi-pref``, ``svi-demo``, ``svi-rating``, ``svi-stop``: SVI on one type each, on that type's items of the same data
   (``DIR/data/<env>_seed<S>/<type>.nc``, cut from the SVI run's file); the average of their posterior means is the
   Post-Hoc baseline, scored with :func:`~mavrl_ppl.analysis.metrics.evaluate_reward`. Its fit time is the sum of the
@@ -17,13 +18,13 @@ coverage both ways, mean |difference| in NUTS sds, Wasserstein-1). Writes ``base
 ``baseline_table.md``, ``baseline_table.tex`` and ``baseline_table.png`` (bars with standard-error whiskers) into
 ``DIR``.
 
-Bookkeeping: independent fits run in ``--jobs`` parallel processes; a run directory with ``metrics.json`` is reused (the
-fit command writes atomically, so only finished runs have one). Once every run of an env and seed has finished, the
-cell's figures (each run's ``metrics.json``, the Post-Hoc scores, the agreement) go to ``--records`` (default
+Bookkeeping: independent fits run in ``--jobs`` parallel worker processes; a run directory with ``metrics.json`` is
+reused (runs are written atomically, so only finished runs have one). Once every run of an env and seed has finished,
+the cell's figures (each run's ``metrics.json``, the Post-Hoc scores, the agreement) go to ``--records`` (default
 ``DIR/records``) as ``<env>_seed<S>.json``; a later call with the same settings takes the cell from there without its
 run directories, so a table can be finished on another machine. A failed fit is kept in the table as ``failed`` with
-the tail of its stderr (its dependents as ``skipped``), never dropped; a NUTS run that did not converge (exit status 1
-with ``metrics.json``) is kept, counted and flagged ``unconverged``. The Markdown and the NetCDF record the total wall
+its error and the end of its traceback (its dependents as ``skipped``), never dropped; a NUTS run that did not converge
+is kept, counted and flagged ``unconverged``. The Markdown and the NetCDF record the total wall
 time.
 """
 
@@ -32,18 +33,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
-import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
+
+from mavrl_ppl.baselines.mcmc.settings import RHAT_MAX
+from mavrl_ppl.envs.allocation import GRID_ALLOCATION, format_counts
+from mavrl_ppl.experiments.executor import Outcome, Task, run_tasks
 
 __all__ = [
     "METHODS",
@@ -55,9 +58,9 @@ __all__ = [
     "plan_fits",
     "record_path",
     "record_settings",
+    "run_fit",
     "run_names",
     "save_record",
-    "subprocess_runner",
     "summarize_cell",
     "table_to_latex",
     "table_to_markdown",
@@ -66,10 +69,7 @@ __all__ = [
 #: The table's methods, in display order, and their labels.
 METHODS = ("svi", "nuts", "posthoc")
 METHOD_LABELS = {"svi": "MAVRL-SVI", "nuts": "NUTS", "posthoc": "Post-Hoc"}
-SINGLE_TYPES = ("pref", "demo", "rating", "stop")
-DEFAULT_FEEDBACK = "pref=64,demo=1,rating=64,stop=256"  # the paper's fixed allocation on the grids (REFERENCE §3)
-#: Same bound as ``baselines.mcmc.RHAT_MAX`` (not imported: that package imports JAX).
-RHAT_MAX = 1.01
+DEFAULT_FEEDBACK = format_counts(GRID_ALLOCATION)  # the paper's fixed allocation on the grids (REFERENCE §3)
 METRICS = ("normalized_score", "epic", "fit_seconds")
 AGREEMENT = {  # Dataset name -> compare_runs variable (A = SVI, B = NUTS)
     "correlation": "correlation",
@@ -78,10 +78,10 @@ AGREEMENT = {  # Dataset name -> compare_runs variable (A = SVI, B = NUTS)
     "mean_abs_diff_sd": "mean_abs_diff_sd",
     "wasserstein_mean": "wasserstein_mean",
 }
-TAIL_CHARS = 600
 
-#: ``runner(command, stdout_path, stderr_path) -> exit status``; the default runs a subprocess.
-Runner = Callable[[Sequence[str], Path, Path], int]
+#: ``fit(config, out) -> {"metrics": ..., "converged": ...}``: one fit of the table into run directory ``out`` (the
+#: default, :func:`run_fit`, is :func:`mavrl_ppl.runs.run`; tests inject a fake). It raises on failure.
+FitFunction = Callable[[dict[str, Any], Path], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -171,47 +171,44 @@ def plan_fits(envs: Sequence[str], seeds: Sequence[int], out: Path, *, feedback:
     return fits
 
 
-def fit_command(spec: FitSpec, *, feedback: str, env_size: int | None, svi_config: Path | None,
-                nuts_config: Path | None) -> list[str]:
-    """The ``python -m mavrl_ppl.fit`` command line of one fit.
+def fit_config(spec: FitSpec, *, feedback: str, env_size: int | None, svi_settings: dict[str, Any] | None,
+               nuts_settings: dict[str, Any] | None) -> dict[str, Any]:
+    """The run settings (:func:`mavrl_ppl.runs.resolve_config`'s input) of one fit.
 
     Args:
         spec: the fit.
-        feedback: ``--feedback`` of the all-types run (ignored by fits given ``--data``).
-        env_size: ``--env-size`` or ``None`` for the env's default.
-        svi_config: TOML settings file for the SVI fits.
-        nuts_config: TOML settings file for the NUTS fits.
+        feedback: the all-types allocation (only the all-types run simulates; the others fit ``spec.data``).
+        env_size: grid side, or ``None`` for the env's default.
+        svi_settings: the ``[svi]`` settings table of the SVI fits, or ``None``.
+        nuts_settings: the ``[nuts]`` settings table of the NUTS fits, or ``None``.
     """
     inference = "nuts" if spec.run == "nuts" else "svi"
-    cmd = [sys.executable, "-m", "mavrl_ppl.fit", "--inference", inference, "--env", spec.env, "--seed",
-           str(spec.seed), "--out", str(spec.out), "--quiet", "--overwrite"]
-    cmd += ["--data", str(spec.data)] if spec.data is not None else ["--feedback", feedback]
-    if env_size is not None:
-        cmd += ["--env-size", str(env_size)]
-    config = nuts_config if inference == "nuts" else svi_config
-    if config is not None:
-        cmd += ["--config", str(config)]
-    return cmd
+    config: dict[str, Any] = {"inference": inference, "env": spec.env, "seed": spec.seed, "env_size": env_size}
+    if spec.data is not None:
+        config["data"] = str(spec.data)
+    else:
+        config["feedback"] = feedback
+    table = nuts_settings if inference == "nuts" else svi_settings
+    if table:
+        config[inference] = dict(table)
+    return config
 
 
-def subprocess_runner(command: Sequence[str], stdout: Path, stderr: Path) -> int:
-    """Run ``command`` as a subprocess with its output in two files; return its exit status.
+def run_fit(config: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The table's default fit: :func:`mavrl_ppl.runs.run` (replacing whatever is at ``out``), its metrics and
+    NUTS's verdict."""
+    from mavrl_ppl.runs import run
 
-    Args:
-        command: argv.
-        stdout: file for its standard output.
-        stderr: file for its standard error.
-    """
-    with open(stdout, "wb") as out, open(stderr, "wb") as err:
-        return subprocess.run(list(command), stdout=out, stderr=err, check=False).returncode
+    result = run(config, out, overwrite=True)
+    return {"metrics": result.metrics, "converged": result.converged}
 
 
-def _tail(path: Path, chars: int = TAIL_CHARS) -> str:
-    try:
-        text = path.read_text(errors="replace").strip()
-    except OSError:
-        return ""
-    return text if len(text) <= chars else "..." + text[-chars:]
+def _fit_task(fit: FitFunction, config: dict[str, Any], out: Path, source: Path | None,
+              single_type: str | None) -> dict[str, Any]:
+    """One task of the table: cut a single-type run's data out of its all-types run first, then fit."""
+    if single_type is not None and source is not None:
+        _write_single_type_data(source, Path(config["data"]), single_type)
+    return fit(config, out)
 
 
 def _read_metrics(run_dir: Path) -> dict[str, Any] | None:
@@ -233,145 +230,58 @@ def _converged(metrics: dict[str, Any]) -> bool:
 class _Outcome:
     status: str  # ok | unconverged | failed | skipped
     reused: bool = False
-    returncode: int = 0
     message: str = ""
 
 
-def _outcome(spec: FitSpec, returncode: int | None, stderr: Path | None) -> _Outcome:
-    """Classify a finished (``returncode``) or reused (``None``) fit from its exit status and ``metrics.json``."""
+def _classify(spec: FitSpec, outcome: Outcome | None) -> _Outcome:
+    """A finished (``outcome``) or reused (``None``) fit, from the executor's outcome and the run's ``metrics.json``."""
+    if outcome is not None and outcome.status != "ok":
+        return _Outcome(outcome.status, message=outcome.message)
     metrics = _read_metrics(spec.out)
-    tail = _tail(stderr) if stderr is not None else ""
-    if returncode is None or returncode == 0 or (spec.run == "nuts" and returncode == 1 and metrics is not None):
-        if metrics is None:
-            return _Outcome("failed", returncode=returncode or 0, message=f"exit 0 but no metrics.json. {tail}")
-        flagged = spec.run == "nuts" and not _converged(metrics)
+    if metrics is None:
+        return _Outcome("failed", message=f"{spec.out}: finished without a metrics.json")
+    if spec.run == "nuts" and not _converged(metrics):
         lp = f"log-density R-hat {metrics['rhat_lp']:.3f}, " if metrics.get("rhat_lp", 1.0) > RHAT_MAX else ""
         note = (f"R-hat max {float(metrics.get('rhat_max', np.nan)):.3f}, {lp}"
-                f"{metrics.get('divergences', '?')} divergences" if flagged else "")
-        return _Outcome("unconverged" if flagged else "ok", reused=returncode is None, returncode=returncode or 0,
-                        message=note)
-    return _Outcome("failed", returncode=returncode, message=tail or f"exit status {returncode}, no stderr")
+                f"{metrics.get('divergences', '?')} divergences")
+        return _Outcome("unconverged", reused=outcome is None, message=note)
+    return _Outcome("ok", reused=outcome is None)
 
 
-def _write_single_type_data(svi_out: Path, specs: Sequence[FitSpec]) -> None:
-    """Cut each single-type run's group out of the all-types run's ``feedback.nc`` (kept if already there)."""
+def _write_single_type_data(source: Path, target: Path, single_type: str) -> None:
+    """Cut a single-type run's group out of the all-types run's ``feedback.nc`` (kept if already there)."""
     from mavrl_ppl.feedback.data import load_feedback, save_feedback
 
-    todo = [s for s in specs if s.single_type is not None and s.data is not None and not s.data.is_file()]
-    if not todo:
+    if target.is_file():
         return
-    feedback = load_feedback(svi_out / "feedback.nc")
-    for spec in todo:
-        spec.data.parent.mkdir(parents=True, exist_ok=True)
-        if spec.single_type not in feedback:
-            raise KeyError(f"{svi_out / 'feedback.nc'} holds no {spec.single_type!r} group")
-        save_feedback(spec.data, {spec.single_type: feedback[spec.single_type]})
+    feedback = load_feedback(source)
+    if single_type not in feedback:
+        raise KeyError(f"{source} holds no {single_type!r} group")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_feedback(target, {single_type: feedback[single_type]})
 
 
-def run_fits(fits: Sequence[FitSpec], logs: Path, *, jobs: int, runner: Runner, command: Callable[[FitSpec], list[str]],
-             progress: bool = True) -> dict[str, _Outcome]:
+def run_fits(fits: Sequence[FitSpec], *, jobs: int, fit: FitFunction, config: Callable[[FitSpec], dict[str, Any]],
+             progress: bool = True, in_process: bool = False) -> dict[str, _Outcome]:
     """Run every fit not already finished, ``jobs`` at a time, each after the run it depends on.
 
     Args:
         fits: the plan (:func:`plan_fits`).
-        logs: directory for each fit's stdout/stderr.
-        jobs: parallel fits.
-        runner: runs one command (see :data:`Runner`).
-        command: the command line of a fit.
-        progress: show a tqdm bar over fits.
+        jobs: parallel worker processes.
+        fit: the fit function (:data:`FitFunction`).
+        config: the run settings of a fit.
+        progress: show a progress bar over fits.
+        in_process: run the fits in this process (tests).
 
     Returns:
         Run name -> outcome, for every fit.
     """
-    from tqdm.auto import tqdm
-
-    logs.mkdir(parents=True, exist_ok=True)
     by_name = {f.name: f for f in fits}
-    dependents: dict[str, list[FitSpec]] = {}
-    for f in fits:
-        if f.depends_on is not None:
-            dependents.setdefault(f.depends_on, []).append(f)
-    outcomes: dict[str, _Outcome] = {}
-    for f in fits:
-        if (f.out / "metrics.json").is_file():
-            outcomes[f.name] = _outcome(f, None, None)
-    bar = tqdm(total=len(fits), initial=len(outcomes), desc="fits", unit="fit", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True)
-
-    def ready(f: FitSpec) -> bool:
-        return f.depends_on is None or outcomes.get(f.depends_on, _Outcome("")).status in ("ok", "unconverged")
-
-    def skip(f: FitSpec, why: str) -> None:
-        outcomes[f.name] = _Outcome("skipped", message=why)
-        bar.update(1)
-        for d in dependents.get(f.name, []):
-            if d.name not in outcomes:
-                skip(d, f"not run: {f.name} did not run")
-
-    def prepare(f: FitSpec) -> bool:
-        if f.single_type is None:
-            return True
-        try:
-            _write_single_type_data(by_name[f.depends_on].out, [f])
-        except Exception as exc:
-            outcomes[f.name] = _Outcome("failed", returncode=-1, message=f"cannot write {f.data}: {exc}")
-            bar.update(1)
-            return False
-        return True
-
-    pending = [f for f in fits if f.name not in outcomes]
-    running: dict[Future, FitSpec] = {}
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        while pending or running:
-            launchable = [f for f in pending if ready(f)]
-            for f in launchable:
-                if len(running) >= max(1, jobs):
-                    break
-                pending.remove(f)
-                if not prepare(f):
-                    continue
-                stdout, stderr = logs / f"{f.name}.stdout", logs / f"{f.name}.stderr"
-                running[pool.submit(runner, command(f), stdout, stderr)] = f
-            blocked = [f for f in pending if f.depends_on in outcomes and not ready(f)]
-            for f in blocked:
-                pending.remove(f)
-                why = outcomes[f.depends_on]
-                skip(f, f"not run: {f.depends_on} {why.status}")
-            if not running:
-                if pending and not any(ready(f) for f in pending):  # cannot happen with a valid plan
-                    for f in pending:
-                        skip(f, f"not run: dependency {f.depends_on} not in the plan")
-                    pending = []
-                continue
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                f = running.pop(future)
-                try:
-                    code = int(future.result())
-                except Exception as exc:  # the runner itself failed (e.g. cannot start the interpreter)
-                    outcomes[f.name] = _Outcome("failed", returncode=-1, message=f"runner error: {exc!r}")
-                else:
-                    outcomes[f.name] = _outcome(f, code, logs / f"{f.name}.stderr")
-                bar.update(1)
-                bar.set_postfix_str(f"{f.name}: {outcomes[f.name].status}")
-    bar.close()
-    return outcomes
-
-
-def _posterior_mean(run_dir: Path) -> np.ndarray:
-    """Posterior mean of ``reward`` of a run (reads only the ``posterior`` group of ``posterior.nc``)."""
-    posterior = xr.load_dataset(run_dir / "posterior.nc", group="posterior", engine="h5netcdf")
-    return posterior["reward"].mean(("chain", "draw")).values
-
-
-def _learned_reward(mdp: Any, mean: np.ndarray) -> np.ndarray:
-    """(S, A, S) reward of a posterior mean: per state (grids) or per state-action, ``R(s, a, s') = r(s[, a])``."""
-    if mean.shape == (mdp.num_groups,):
-        return mdp.with_group_rewards(mean)
-    if mean.shape == (mdp.num_states, mdp.num_actions):
-        return np.broadcast_to(mean[:, :, None], mdp.transitions.shape)
-    raise ValueError(f"posterior mean of shape {mean.shape} fits neither {mdp.num_groups} groups nor "
-                     f"({mdp.num_states}, {mdp.num_actions}) state-actions of {mdp.name}")
+    reused = {f.name: Outcome("ok") for f in fits if (f.out / "metrics.json").is_file()}
+    tasks = [Task(f.name, _fit_task, (fit, config(f), f.out, by_name[f.depends_on].out / "feedback.nc"
+                                      if f.depends_on else None, f.single_type), f.depends_on) for f in fits]
+    done = run_tasks(tasks, jobs=jobs, in_process=in_process, done=reused, progress=progress, desc="fits")
+    return {f.name: _classify(f, None if f.name in reused else done[f.name]) for f in fits}
 
 
 def posthoc_metrics(single_runs: Sequence[Path]) -> dict[str, float]:
@@ -384,14 +294,14 @@ def posthoc_metrics(single_runs: Sequence[Path]) -> dict[str, float]:
         ``normalized_score``, ``regret``, ``discounted_value``, ``epic`` of the averaged reward and ``fit_seconds``
         (the sum of the single-type fits' times).
     """
-    from mavrl_ppl.analysis.metrics import evaluate_reward
-    from mavrl_ppl.envs.grids import make_tabular
+    from mavrl_ppl.analysis.metrics import evaluate_reward, learned_reward
+    from mavrl_ppl.runs import load_run
 
-    config = json.loads((single_runs[0] / "config.json").read_text())
-    mdp = make_tabular(config["env"], size=config.get("env_size"), p_rand=float(config.get("p_rand", 0.0)))
-    mean = np.mean(np.stack([_posterior_mean(r) for r in single_runs]), axis=0)
-    metrics = evaluate_reward(mdp, _learned_reward(mdp, mean))
-    metrics["fit_seconds"] = float(sum(float(_read_metrics(r)["fit_seconds"]) for r in single_runs))
+    runs = [load_run(r) for r in single_runs]
+    mdp = runs[0].mdp()
+    mean = np.mean(np.stack([r.posterior_mean() for r in runs]), axis=0)
+    metrics = evaluate_reward(mdp, learned_reward(mdp, mean))
+    metrics["fit_seconds"] = float(sum(float(r.metrics["fit_seconds"]) for r in runs))
     return metrics
 
 
@@ -725,6 +635,21 @@ def plot_table(ds: xr.Dataset, path: Path) -> Path:
                              title=f"mean ± SE over seeds {_seed_text(ds)}")
 
 
+def _settings_table(path: Path | None, table: str) -> dict[str, Any] | None:
+    """The ``[table]`` settings of a TOML file (a file of bare keys is the table itself).
+
+    Raises:
+        RecordError: a file that is not TOML (naming it).
+    """
+    if path is None:
+        return None
+    try:
+        loaded = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise RecordError(f"{path}: cannot read settings: {exc}") from None
+    return dict(loaded.get(table, loaded))
+
+
 def build_table(
     envs: Sequence[str],
     seeds: Sequence[int],
@@ -735,9 +660,10 @@ def build_table(
     env_size: int | None = None,
     svi_config: Path | None = None,
     nuts_config: Path | None = None,
-    runner: Runner = subprocess_runner,
+    fit: FitFunction = run_fit,
     progress: bool = True,
     records: Path | None = None,
+    in_process: bool = False,
 ) -> xr.Dataset:
     """Run (or reuse) every fit, assemble the table and write ``baseline_table.{nc,md,tex,png}`` into ``out``.
 
@@ -748,13 +674,14 @@ def build_table(
         jobs: parallel fits (default: the number of cores).
         feedback: all-types allocation ``type=count,...``; each type with a positive count gets a single-type run.
         env_size: ``--env-size`` of every fit (``None``: the env's default).
-        svi_config: TOML settings for the SVI fits (``--config``).
-        nuts_config: TOML settings for the NUTS fits (``--config``).
-        runner: how to run one command (tests inject a fake).
+        svi_config: TOML file of ``[svi]`` settings for the SVI fits (a table ``[svi]`` or bare keys).
+        nuts_config: TOML file of ``[nuts]`` settings for the NUTS fits.
+        fit: one fit (:data:`FitFunction`; tests inject a fake).
         progress: show a progress bar over fits.
         records: directory of the cell records (default ``out/records``): an env and seed with a record made with
             the same settings is taken from it and not fitted, even where its run directories are gone; every cell
             whose runs all finish gets one.
+        in_process: run the fits in this process instead of worker processes (tests, debugging).
 
     Returns:
         The table Dataset (also written as ``baseline_table.nc``).
@@ -769,10 +696,13 @@ def build_table(
     fits = [f for f in plan_fits(envs, seeds, out, feedback=feedback) if (f.env, f.seed) not in recorded]
     reused_runs = sum((f.out / "metrics.json").is_file() for f in fits)
 
-    def command(spec: FitSpec) -> list[str]:
-        return fit_command(spec, feedback=feedback, env_size=env_size, svi_config=svi_config, nuts_config=nuts_config)
+    svi_settings, nuts_settings = _settings_table(svi_config, "svi"), _settings_table(nuts_config, "nuts")
 
-    outcomes = run_fits(fits, out / "logs", jobs=jobs, runner=runner, command=command, progress=progress)
+    def config(spec: FitSpec) -> dict[str, Any]:
+        return fit_config(spec, feedback=feedback, env_size=env_size, svi_settings=svi_settings,
+                          nuts_settings=nuts_settings)
+
+    outcomes = run_fits(fits, jobs=jobs, fit=fit, config=config, progress=progress, in_process=in_process)
     for cell, cell_fits in _cell_fits(fits).items():
         cells[cell] = summarize_cell(cell_fits, outcomes, settings)
         if cells[cell]["complete"]:
@@ -786,7 +716,6 @@ def build_table(
         fits_run=sum(not o.reused and o.status not in ("skipped",) for o in outcomes.values()), jobs=int(jobs),
         feedback=feedback, svi_config=str(svi_config or ""), nuts_config=str(nuts_config or ""),
         records=str(records),
-        example_fit_command=shlex.join(command(fits[0])) if fits else "",
     )
     ds.attrs["runs_total_seconds"] = float(sum(float(run["metrics"].get("total_seconds", 0.0))
                                                for cell in cells.values() for run in cell["runs"].values()))
@@ -801,12 +730,12 @@ def build_table(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command line of ``python -m mavrl_ppl.analysis.baseline_table``."""
-    p = argparse.ArgumentParser(prog="python -m mavrl_ppl.analysis.baseline_table",
-                                description="SVI vs NUTS vs Post-Hoc over envs x seeds (runs python -m mavrl_ppl.fit).")
+    """The command line of ``python -m mavrl_ppl.experiments.baseline_table``."""
+    p = argparse.ArgumentParser(prog="python -m mavrl_ppl.experiments.baseline_table",
+                                description="SVI vs NUTS vs Post-Hoc over envs x seeds.")
     p.add_argument("--envs", nargs="+", default=["grid_cliff", "grid_sparse", "grid_trap"], help="tabular envs")
     p.add_argument("--seeds", nargs="+", default=["0-9"], help="seeds: ranges and lists, e.g. 0-9 or 0,3,5")
-    p.add_argument("--out", type=Path, required=True, help="output directory (runs/, data/, logs/, tables, figure)")
+    p.add_argument("--out", type=Path, required=True, help="output directory (runs/, data/, records/, tables, figure)")
     p.add_argument("--jobs", type=int, default=None, help="parallel fits (default: number of cores)")
     p.add_argument("--feedback", default=DEFAULT_FEEDBACK, help=f"all-types allocation (default {DEFAULT_FEEDBACK})")
     p.add_argument("--env-size", type=int, default=None, help="grid side for every fit (default: the env's)")

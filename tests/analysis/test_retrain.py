@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from mavrl_ppl.experiments.retrain import LearnedRewardWrapper, evaluate_true_return, retrain_ppo
+from mavrl_ppl.analysis.retrain import LearnedRewardWrapper, evaluate_true_return, retrain_ppo
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""The baseline table on fake run directories (an injected runner): scheduling, reuse, failures, Post-Hoc, tables."""
+"""The baseline table on fake run directories (an injected fit): scheduling, reuse, failures, Post-Hoc, tables."""
 
 from __future__ import annotations
 
@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from analysis.test_compare import SIZE, small_feedback, write_run
 
-from mavrl_ppl.analysis.baseline_table import build_table, parse_seeds, plan_fits
 from mavrl_ppl.analysis.compare import feedback_digest
 from mavrl_ppl.envs.grids import make_tabular
+from mavrl_ppl.experiments.baseline_table import build_table, parse_seeds, plan_fits
 from mavrl_ppl.feedback.data import load_feedback
-
-from .test_compare import SIZE, small_feedback, write_run
 
 ENV = "grid_trap"
 SEEDS = [0, 1, 2]
@@ -35,7 +34,7 @@ def nuts_score(seed: int) -> float:
 
 
 class FakeFit:
-    """Stands in for ``python -m mavrl_ppl.fit``: writes a run directory with known contents, or fails.
+    """Stands in for :func:`mavrl_ppl.runs.run`: writes a run directory with known contents, or raises.
 
     SVI and NUTS posteriors of a seed are the same draws (so they agree perfectly); a single-type run's draws are the
     true reward plus that type's offset (the four offsets sum to zero)."""
@@ -45,24 +44,21 @@ class FakeFit:
         self.calls: list[str] = []
         self.lock = threading.Lock()
 
-    def __call__(self, command: Sequence[str], stdout: Path, stderr: Path) -> int:
-        flags = list(command)
-        opt = {flags[i]: flags[i + 1] for i in range(len(flags) - 1) if flags[i].startswith("--")}
-        out, seed, inference = Path(opt["--out"]), int(opt["--seed"]), opt["--inference"]
+    def __call__(self, config: dict, out: Path) -> dict:
+        seed, inference = int(config["seed"]), config["inference"]
         with self.lock:
             self.calls.append(out.name)
-        assert opt["--env"] == ENV and "--overwrite" in flags and "--quiet" in flags
+        assert config["env"] == ENV
         if out.name in self.fail:
-            stderr.write_text("Traceback ...\nRuntimeError: boom: training diverged\n")
-            return 3
+            raise RuntimeError("boom: training diverged")
         run = out.name.split("_", 1)[0]
         feedback = small_feedback(seed)
         if run.startswith("svi-"):
             feedback = {run.removeprefix("svi-"): feedback[run.removeprefix("svi-")]}
         if run != "svi":
-            assert Path(opt["--data"]).is_file()  # the data must exist before the run starts
+            assert Path(config["data"]).is_file()  # the data must exist before the run starts
         else:
-            assert "--data" not in opt
+            assert "data" not in config
         truth = make_tabular(ENV, size=SIZE).group_rewards
         noise = np.random.default_rng(seed).normal(scale=0.3, size=(1, 50, truth.size))
         if run.startswith("svi-"):
@@ -79,14 +75,13 @@ class FakeFit:
             metrics = {"normalized_score": svi_score(seed), "epic": 0.2 + 0.1 * seed, "fit_seconds": 10.0}
         write_run(out, draws, feedback, inference=inference, seed=seed, metrics=metrics)
         if run != "svi":  # the run's feedback.nc is the file it was given, as the real fit writes it
-            shutil.copyfile(opt["--data"], out / "feedback.nc")
-        stderr.write_text(f"wrote {out}\n")
-        return 1 if out.name in self.unconverged else 0
+            shutil.copyfile(config["data"], out / "feedback.nc")
+        return {"metrics": metrics, "converged": out.name not in self.unconverged}
 
 
 def _build(out: Path, runner: FakeFit, jobs: int = 2) -> xr.Dataset:
     """The table on one env, that env selected."""
-    return build_table([ENV], SEEDS, out, jobs=jobs, runner=runner, progress=False).sel(env=ENV)
+    return build_table([ENV], SEEDS, out, jobs=jobs, fit=runner, progress=False, in_process=True).sel(env=ENV)
 
 
 def test_parse_seeds() -> None:
@@ -172,7 +167,7 @@ def test_table_failures_unconverged_posthoc_and_resume(tmp_path: Path) -> None:
 
 def test_failed_svi_run_skips_its_dependents(tmp_path: Path) -> None:
     runner = FakeFit(fail=["svi_grid_trap_seed0"])
-    ds = build_table([ENV], [0, 1], tmp_path, jobs=1, runner=runner, progress=False).sel(env=ENV)
+    ds = build_table([ENV], [0, 1], tmp_path, jobs=1, fit=runner, progress=False, in_process=True).sel(env=ENV)
     assert len(runner.calls) == 1 + 6  # seed 0: only the SVI run; seed 1: all six
     assert set(ds["run_status"].sel(seed=0).values) == {"failed", "skipped"}
     assert str(ds["run_status"].sel(seed=0, run="svi").values) == "failed"
@@ -183,7 +178,7 @@ def test_failed_svi_run_skips_its_dependents(tmp_path: Path) -> None:
 
 
 def test_cli_rejects_bad_seeds(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "mavrl_ppl.analysis.baseline_table", "--envs", ENV, "--seeds",
+    result = subprocess.run([sys.executable, "-m", "mavrl_ppl.experiments.baseline_table", "--envs", ENV, "--seeds",
                              "5-1", "--out", str(tmp_path)], capture_output=True, text=True, check=False, timeout=300)
     assert result.returncode == 2 and result.stderr.strip() == "error: bad seed range '5-1'"
 
@@ -194,7 +189,7 @@ def test_real_table_on_a_small_grid_trap(tmp_path: Path) -> None:
     (tmp_path / "svi.toml").write_text("[svi]\nmax_steps = 60\nnum_posterior_samples = 100\n")
     (tmp_path / "nuts.toml").write_text("[nuts]\nnum_warmup = 100\nnum_samples = 100\nnum_chains = 2\n")
     out = tmp_path / "table"
-    cmd = [sys.executable, "-m", "mavrl_ppl.analysis.baseline_table", "--envs", ENV, "--seeds", "0", "--env-size",
+    cmd = [sys.executable, "-m", "mavrl_ppl.experiments.baseline_table", "--envs", ENV, "--seeds", "0", "--env-size",
            "4", "--feedback", "pref=16,demo=1,rating=16,stop=32", "--svi-config", str(tmp_path / "svi.toml"),
            "--nuts-config", str(tmp_path / "nuts.toml"), "--out", str(out), "--jobs", "2", "--quiet"]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=3600)
@@ -211,7 +206,7 @@ def test_real_table_on_a_small_grid_trap(tmp_path: Path) -> None:
 
 
 def test_a_nuts_run_is_judged_by_its_recorded_verdict() -> None:
-    from mavrl_ppl.analysis.baseline_table import _converged
+    from mavrl_ppl.experiments.baseline_table import _converged
 
     # Chains apart in log density only: parameter R-hat passes, the run's own verdict (rhat_lp 1.2) does not.
     assert not _converged({"rhat_max": 1.004, "divergences": 0, "rhat_lp": 1.2, "converged": False})
@@ -223,7 +218,7 @@ def test_a_nuts_run_is_judged_by_its_recorded_verdict() -> None:
 def test_records_finish_a_table_without_the_runs_and_only_for_the_same_settings(tmp_path: Path) -> None:
     records = tmp_path / "records"
     first = FakeFit(fail=["svi-demo_grid_trap_seed2"], unconverged=["nuts_grid_trap_seed1"])
-    ds1 = build_table([ENV], SEEDS, tmp_path / "a", jobs=2, runner=first, progress=False, records=records)
+    ds1 = build_table([ENV], SEEDS, tmp_path / "a", jobs=2, fit=first, progress=False, records=records, in_process=True)
     # a record per finished cell; seed 2 has a failed fit, so none (it must be retried)
     assert sorted(p.name for p in records.iterdir()) == [f"{ENV}_seed0.json", f"{ENV}_seed1.json"]
     saved = json.loads((records / f"{ENV}_seed1.json").read_text())
@@ -232,7 +227,8 @@ def test_records_finish_a_table_without_the_runs_and_only_for_the_same_settings(
     # Another machine: the run directories are gone. Only seed 2 is fitted; seeds 0 and 1 come from their records.
     shutil.rmtree(tmp_path / "a")
     second = FakeFit()
-    ds2 = build_table([ENV], SEEDS, tmp_path / "b", jobs=2, runner=second, progress=False, records=records)
+    ds2 = build_table([ENV], SEEDS, tmp_path / "b", jobs=2, fit=second, progress=False, records=records,
+                      in_process=True)
     assert sorted(second.calls) == sorted(f"{run}_{ENV}_seed2" for run in
                                           ("svi", "nuts", "svi-pref", "svi-demo", "svi-rating", "svi-stop"))
     assert (records / f"{ENV}_seed2.json").is_file()
@@ -246,7 +242,7 @@ def test_records_finish_a_table_without_the_runs_and_only_for_the_same_settings(
 
     # Other settings (here the allocation) do not match the records: every cell is fitted again.
     third = FakeFit()
-    build_table([ENV], [0], tmp_path / "c", jobs=1, runner=third, progress=False, records=records,
+    build_table([ENV], [0], tmp_path / "c", jobs=1, fit=third, progress=False, records=records, in_process=True,
                 feedback="pref=8,demo=1,rating=8,stop=8")
     assert len(third.calls) == 6
 
@@ -255,8 +251,8 @@ def test_cli_names_a_broken_record_and_exits_2(tmp_path: Path) -> None:
     records = tmp_path / "records"
     records.mkdir()
     (records / f"{ENV}_seed0.json").write_text("{not json")
-    result = subprocess.run([sys.executable, "-m", "mavrl_ppl.analysis.baseline_table", "--envs", ENV, "--seeds", "0",
-                             "--out", str(tmp_path / "out"), "--records", str(records), "--quiet"],
+    result = subprocess.run([sys.executable, "-m", "mavrl_ppl.experiments.baseline_table", "--envs", ENV, "--seeds",
+                             "0", "--out", str(tmp_path / "out"), "--records", str(records), "--quiet"],
                             capture_output=True, text=True, check=False, timeout=300)
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {records / f'{ENV}_seed0.json'}: not a baseline-table record")
