@@ -123,7 +123,3 @@ def _netcdf_safe(attrs: Mapping[str, object]) -> dict:
             out[key] = str(value)
     return out
 
-
-def posterior_mean_reward(idata: az.InferenceData) -> np.ndarray:
-    """Posterior mean of ``reward`` over chains and draws."""
-    return idata.posterior["reward"].mean(("chain", "draw")).values
