@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mavrl_ppl.analysis import report
+
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 #: The baseline table's cell records (committed): written by baseline_table.py, read by nuts.py --from-records.
 TABLE_RECORDS = Path(__file__).resolve().parent / "baseline_table_records"
@@ -75,16 +77,8 @@ def mean_se(values: list[float], digits: int | None = None) -> str:
         values: one figure per seed.
         digits: decimals; ``None``: 1 if ``|mean| >= 1``, else 3.
     """
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return "n/a"
-    mean = float(v.mean())
-    if digits is None:
-        digits = 1 if abs(mean) >= 1 else 3
-    if v.size < 2:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {v.std(ddof=1) / np.sqrt(v.size):.{digits}f}"
+    mean, se, _ = report.mean_se(values)
+    return report.format_mean_se(mean, se, digits)
 
 
 def fmt(seconds: float) -> str:

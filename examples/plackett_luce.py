@@ -13,36 +13,40 @@ from __future__ import annotations
 import numpy as np
 from array_api_compat import array_namespace
 
-from mavrl_ppl.feedback import FeedbackType, Latents, VariableSpec, rationality, register, segment_dataset
+from mavrl_ppl.feedback import (
+    FeedbackType,
+    Latents,
+    VariableSpec,
+    align_batch,
+    logsumexp,
+    masked_mean,
+    pick,
+    rationality,
+    register,
+    segment_dataset,
+    segment_means,
+)
 
 
 def log_likelihood(batch, latents: Latents, params):
     """Per-item log-probability of the observed ranking (array API: runs on torch and on JAX)."""
     xp = array_namespace(latents.reward)
-    valid = batch["valid"]  # (item, slot, step)
-    weight = xp.astype(valid, latents.reward.dtype)
-    reward = xp.where(valid, latents.reward, xp.zeros_like(latents.reward))
-    means = xp.sum(reward, axis=-1) / xp.maximum(xp.sum(weight, axis=-1), xp.ones_like(weight[..., 0]))
+    means = masked_mean(latents.reward, batch["valid"])  # (..., item, slot): mean reward over the valid steps
     k = means.shape[-1]
-    # placed[i, j, m] = 1 if segment m is ranked j-th in item i; ordered[..., j] = mean reward of the j-th ranked.
-    placed = xp.astype(batch["ranking"][..., None] == xp.arange(k)[None, None, :], means.dtype)
-    ordered = xp.sum(placed * means[..., None, :], axis=-1)
-    beta = params["beta"]
-    beta = xp.reshape(beta, (*beta.shape, *([1] * (ordered.ndim - beta.ndim)))) if beta.ndim else beta
-    x = beta * ordered
-    # log sum_{l >= j} exp(x_l) for every j, stabilised by the row maximum.
-    top = xp.max(x, axis=-1, keepdims=True)
+    # ordered[..., j] = mean reward of the segment ranked j-th (batch["ranking"][item, j] is its slot)
+    ordered = pick(means[..., None, :], batch["ranking"])
+    x = align_batch(params["beta"], ordered.ndim) * ordered
+    # log sum_{l >= j} exp(x_l) for every j: leave out the segments ranked above j with -inf
     later = xp.arange(k)[None, :] >= xp.arange(k)[:, None]  # later[j, l] = l >= j
-    tails = xp.sum(xp.where(later, xp.exp(x - top)[..., None, :], xp.zeros_like(x)[..., None, :]), axis=-1)
-    return xp.sum(x - top - xp.log(tails), axis=-1)
+    tails = logsumexp(xp.where(later, x[..., None, :], xp.full_like(x[..., None, :], -xp.inf)), axis=-1)
+    return xp.sum(x - tails, axis=-1)
 
 
 def simulate(teacher, count: int, rng: np.random.Generator, *, k: int = 3, beta: float = 5.0,
              segment_length: int = 10):
     """``count`` rankings of ``k`` behaviour segments: the Gumbel-max trick samples Plackett-Luce exactly."""
     segments = teacher.segments((count, k), segment_length, rng)
-    valid = segments["valid"]
-    means = np.where(valid, teacher.reward(segments), 0.0).sum(-1) / np.maximum(valid.sum(-1), 1)
+    means = segment_means(teacher.reward(segments), segments["valid"])
     ranking = np.argsort(-(beta * means + rng.gumbel(size=means.shape)), axis=-1)
     return segment_dataset(segments, ("item", "slot", "step"), {"ranking": (("item", "slot"), ranking)},
                            {**teacher.attrs, "beta": beta, "k": k})

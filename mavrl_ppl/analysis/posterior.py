@@ -124,11 +124,6 @@ def _netcdf_safe(attrs: Mapping[str, object]) -> dict:
     return out
 
 
-def posterior_mean_reward(idata: az.InferenceData) -> np.ndarray:
-    """Posterior mean of ``reward`` over chains and draws."""
-    return idata.posterior["reward"].mean(("chain", "draw")).values
-
-
 def svi_history(history: Mapping[str, Sequence[float]]) -> xr.Dataset:
     """An SVI fit's history as the ``elbo`` group: ``loss`` (negative ELBO) per step, the held-out negative log
     predictive per item and the step of each validation pass."""

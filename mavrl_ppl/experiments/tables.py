@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from mavrl_ppl.analysis.report import format_mean_se, latex_escape, latex_tabular, markdown_table, mean_se
 from mavrl_ppl.experiments.budget import ALL_SUBSETS
 
 SUBSET_LABELS: dict[str, str] = {"all": "all four"}
@@ -71,13 +72,11 @@ class Cell:
 
     @property
     def mean(self) -> float:
-        values = np.asarray(self.scores)[self.ok]
-        return float(values.mean()) if values.size else math.nan
+        return float(mean_se(np.asarray(self.scores, dtype=float)[self.ok])[0])
 
     @property
     def se(self) -> float:
-        values = np.asarray(self.scores)[self.ok]
-        return float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else math.nan
+        return float(mean_se(np.asarray(self.scores, dtype=float)[self.ok])[1])
 
     @property
     def failed(self) -> int:
@@ -90,8 +89,7 @@ class Cell:
             return "no trials"
         if not self.ok.any():
             return f"failed ({self.failed}/{len(self.errors)})"
-        pm = r"$\pm$" if latex else "±"
-        out = f"{self.mean:.1f} {pm} {self.se:.1f}" if math.isfinite(self.se) else f"{self.mean:.1f}"
+        out = format_mean_se(self.mean, self.se, 1, pm=r"$\pm$" if latex else "±")
         if self.failed:
             out += f" ({self.failed}/{len(self.errors)} failed)"
         if self.objective == "score":
@@ -164,30 +162,17 @@ def caption(cells: Sequence[Cell], kind: str, seeds: Sequence[int]) -> str:
 def to_markdown(cells: Mapping[tuple[str, str], Cell], envs: Sequence[str], subsets: Sequence[str],
                 text: str) -> str:
     """The table as Markdown: one row per env, one column per subset, the caption below."""
-    head = "| env | " + " | ".join(SUBSET_LABELS.get(s, s) for s in subsets) + " |"
-    rule = "|---|" + "---:|" * len(subsets)
-    rows = [f"| {env} | " + " | ".join(cells[(env, s)].text() for s in subsets) + " |" for env in envs]
-    return "\n".join([head, rule, *rows, "", text]) + "\n"
-
-
-def _tex_escape(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
-        text = text.replace(a, b)
-    return text
+    header = ["env", *(SUBSET_LABELS.get(s, s) for s in subsets)]
+    rows = [[env, *(cells[(env, s)].text() for s in subsets)] for env in envs]
+    return "\n".join([markdown_table(header, rows, align="l" + "r" * len(subsets)), "", text]) + "\n"
 
 
 def to_latex(cells: Mapping[tuple[str, str], Cell], envs: Sequence[str], subsets: Sequence[str], text: str) -> str:
     """The table as a LaTeX ``table`` with a ``tabular`` and the caption."""
-    head = " & ".join(["env", *(_tex_escape(SUBSET_LABELS.get(s, s).replace("_", "+")) for s in subsets)])
-    rows = [" & ".join([_tex_escape(env), *(cells[(env, s)].text(latex=True) for s in subsets)]) + r" \\"
-            for env in envs]
-    tex_caption = _tex_escape(text).replace("±", r"$\pm$").replace("—", "---").replace("§", r"\S{}").replace(
-        SCORE_MARK, r"$^\dagger$")
-    return "\n".join([
-        r"\begin{table}", r"\centering", r"\small",
-        r"\begin{tabular}{l" + "r" * len(subsets) + "}", r"\toprule", head + r" \\", r"\midrule", *rows,
-        r"\bottomrule", r"\end{tabular}", rf"\caption{{{tex_caption}}}", r"\end{table}",
-    ]) + "\n"
+    header = ["env", *(latex_escape(SUBSET_LABELS.get(s, s).replace("_", "+")) for s in subsets)]
+    rows = [[latex_escape(env), *(cells[(env, s)].text(latex=True) for s in subsets)] for env in envs]
+    tex_caption = latex_escape(text).replace("—", "---").replace("§", r"\S{}").replace(SCORE_MARK, r"$^\dagger$")
+    return latex_tabular(header, rows, tex_caption, align="l" + "r" * len(subsets), size="small") + "\n"
 
 
 def to_dataset(cells: Mapping[tuple[str, str], Cell], envs: Sequence[str], subsets: Sequence[str],
@@ -216,7 +201,7 @@ def to_dataset(cells: Mapping[tuple[str, str], Cell], envs: Sequence[str], subse
                 score[i, j], epic[i, j], failed[i, j] = c.scores, c.epics, ~c.ok
                 ok = c.ok
                 nums["score_mean"][i, j], nums["score_se"][i, j] = c.mean, c.se
-                nums["epic_mean"][i, j] = float(np.mean(np.asarray(c.epics)[ok])) if ok.any() else np.nan
+                nums["epic_mean"][i, j] = mean_se(np.asarray(c.epics, dtype=float)[ok])[0]
                 nums["eval_seconds"][i, j] = c.seconds
     dims3, dims2 = ("env", "subset", "seed"), ("env", "subset")
     data = {"score": (dims3, score), "epic": (dims3, epic), "failed": (dims3, failed),

@@ -4,8 +4,9 @@ A feedback type is one frozen :class:`FeedbackType` value. Every type has the sa
 
 - a schema (:attr:`FeedbackType.segment_dims`, :attr:`FeedbackType.variables`), used by validation;
 - nuisance parameters (:class:`Nuisance`) with a Gaussian prior on an unconstrained value and an array-API transform;
-- ``log_likelihood(batch, latents, params) -> (..., item)`` written once against the array API, so the Pyro
-  model (torch) and the NumPyro model (JAX) call the very same function;
+- ``log_likelihood(batch, latents, params) -> (..., item)`` written once against the array API (from the safe
+  operations of :mod:`mavrl_ppl.feedback.ops`), so the Pyro model (torch) and the NumPyro model (JAX) call the very
+  same function;
 - a simulated teacher ``simulate(teacher, count, rng, **settings) -> xarray.Dataset`` (numpy, vectorised).
 
 Users add their own type from their own module with one :func:`register` call.

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from array_api_compat import array_namespace
 
-from mavrl_ppl.feedback._math import align_batch, log_softmax, masked_sum, pick
 from mavrl_ppl.feedback.base import FeedbackType, Latents, VariableSpec, rationality, register
+from mavrl_ppl.feedback.ops import align_batch, log_softmax, masked_sum, pick
 from mavrl_ppl.feedback.segments import segment_dataset
 from mavrl_ppl.feedback.teachers import Teacher
 

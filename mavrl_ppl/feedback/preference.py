@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mavrl_ppl.feedback._math import align_batch, log_sigmoid, masked_mean
 from mavrl_ppl.feedback.base import FeedbackType, Latents, VariableSpec, rationality, register
+from mavrl_ppl.feedback.ops import align_batch, log_sigmoid, masked_mean
 from mavrl_ppl.feedback.segments import segment_dataset, segment_means
 from mavrl_ppl.feedback.teachers import Teacher
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from array_api_compat import array_namespace
 
-from mavrl_ppl.feedback._math import align_batch, log1m_exp, log_sigmoid, masked_mean, pick
 from mavrl_ppl.feedback.base import FeedbackType, Latents, Nuisance, VariableSpec, register
+from mavrl_ppl.feedback.ops import align_batch, log1m_exp, log_sigmoid, masked_mean, pick
 from mavrl_ppl.feedback.segments import segment_dataset, segment_means
 from mavrl_ppl.feedback.teachers import Teacher
 

@@ -15,8 +15,8 @@ import math
 import numpy as np
 from array_api_compat import array_namespace
 
-from mavrl_ppl.feedback._math import log1m_exp, masked_sum, pick
 from mavrl_ppl.feedback.base import FeedbackType, Latents, VariableSpec, register
+from mavrl_ppl.feedback.ops import log1m_exp, masked_sum, pick
 from mavrl_ppl.feedback.segments import segment_dataset
 from mavrl_ppl.feedback.teachers import Teacher
 

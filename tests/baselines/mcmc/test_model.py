@@ -20,7 +20,7 @@ from mavrl_ppl.feedback import (
     simulate_feedback,
     unregister,
 )
-from mavrl_ppl.feedback._math import masked_mean
+from mavrl_ppl.feedback.ops import masked_mean
 
 jax = pytest.importorskip("jax")
 numpyro = pytest.importorskip("numpyro")
