@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from mavrl_ppl.analysis.report import format_mean_se, latex_escape, latex_tabular, markdown_table, mean_se
 from mavrl_ppl.baselines.mcmc.settings import RHAT_MAX
 from mavrl_ppl.envs.allocation import GRID_ALLOCATION, format_counts
 from mavrl_ppl.experiments.executor import Outcome, Task, run_tasks
@@ -305,17 +306,6 @@ def posthoc_metrics(single_runs: Sequence[Path]) -> dict[str, float]:
     return metrics
 
 
-def _mean_se(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean, standard error and count over the last axis, ignoring NaN (SE is NaN below two values)."""
-    n = np.sum(np.isfinite(values), axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        total = np.nansum(values, axis=-1)
-        mean = np.where(n > 0, total / np.maximum(n, 1), np.nan)
-        squares = np.nansum((values - mean[..., None]) ** 2, axis=-1)
-        se = np.where(n > 1, np.sqrt(squares / np.maximum(n - 1, 1)) / np.sqrt(np.maximum(n, 1)), np.nan)
-    return mean, se, n
-
-
 def run_names(feedback: str = DEFAULT_FEEDBACK) -> list[str]:
     """The runs of one env and seed, in table order: ``svi``, ``nuts`` and ``svi-<type>`` per single type.
 
@@ -505,13 +495,13 @@ def assemble(cells: dict[tuple[str, int], dict[str, Any]], envs: Sequence[str], 
     for k in METRICS:
         data[k] = (dims3, method_metrics[k])
         data[f"run_{k}"] = (dims_runs, run_metrics[k])
-        mean, se, _ = _mean_se(np.moveaxis(np.where(ok, method_metrics[k], np.nan), 1, -1))
+        mean, se, _ = mean_se(np.moveaxis(np.where(ok, method_metrics[k], np.nan), 1, -1))
         data[f"{k}_mean"] = (("env", "approach"), mean)
         data[f"{k}_se"] = (("env", "approach"), se)
     data["n_ok"] = (("env", "approach"), ok.sum(axis=1))
     for k, values in agreement.items():
         data[k] = (("env", "seed"), values)
-        mean, se, _ = _mean_se(values)
+        mean, se, _ = mean_se(values)
         data[f"{k}_mean"] = ("env", mean)
         data[f"{k}_se"] = ("env", se)
     data["n_agreement"] = ("env", np.isfinite(agreement["correlation"]).sum(axis=1))
@@ -519,10 +509,8 @@ def assemble(cells: dict[tuple[str, int], dict[str, Any]], envs: Sequence[str], 
     return xr.Dataset(data, coords={"env": list(envs), "seed": list(seeds), "approach": list(METHODS), "run": runs})
 
 
-def _pm(mean: float, se: float, digits: int) -> str:
-    if not np.isfinite(mean):
-        return "n/a"
-    return f"{mean:.{digits}f} ± {se:.{digits}f}" if np.isfinite(se) else f"{mean:.{digits}f} ± n/a"
+def _pm(cell: xr.Dataset, key: str, digits: int) -> str:
+    return format_mean_se(float(cell[f"{key}_mean"]), float(cell[f"{key}_se"]), digits, missing_se="n/a")
 
 
 DIGITS = {"normalized_score": 1, "epic": 3, "fit_seconds": 1}
@@ -536,11 +524,11 @@ def _rows(ds: xr.Dataset) -> tuple[list[list[str]], list[list[str]], list[list[s
         for method in ds["approach"].values:
             cell = ds.sel(env=env, approach=method)
             row = [str(env), METHOD_LABELS.get(str(method), str(method)), f"{int(cell['n_ok'])}/{seeds}"]
-            row += [_pm(float(cell[f"{k}_mean"]), float(cell[f"{k}_se"]), DIGITS[k]) for k in METRICS]
+            row += [_pm(cell, k, DIGITS[k]) for k in METRICS]
             main.append(row)
         e = ds.sel(env=env)
         agree.append([str(env), f"{int(e['n_agreement'])}/{seeds}",
-                      *[_pm(float(e[f"{k}_mean"]), float(e[f"{k}_se"]), 3) for k in AGREEMENT],
+                      *[_pm(e, k, 3) for k in AGREEMENT],
                       str(int(e["nuts_unconverged"]))])
     for idx in zip(*np.nonzero(~np.isin(ds["run_status"].values, ["ok"])), strict=True):
         cell = ds.isel(env=idx[0], seed=idx[1], run=idx[2])
@@ -563,9 +551,7 @@ def table_to_markdown(ds: xr.Dataset) -> str:
     main, agree, problems = _rows(ds)
 
     def table(header: list[str], rows: list[list[str]]) -> list[str]:
-        clean = [[c.replace("|", "/").replace("\n", " ") for c in r] for r in rows]
-        return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *("| " + " | ".join(r) + " |"
-                                                                                 for r in clean)]
+        return markdown_table(header, rows).split("\n")
 
     lines = [f"## Baseline table: mean ± standard error over seeds {_seed_text(ds)}", ""]
     lines += table(MAIN_HEADER, main)
@@ -591,13 +577,6 @@ def _seed_text(ds: xr.Dataset) -> str:
     return f"{seeds[0]}-{seeds[-1]}" if contiguous and len(seeds) > 1 else ", ".join(map(str, seeds))
 
 
-def _latex_escape(text: str) -> str:
-    for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
-                 ("±", r"$\pm$")):
-        text = text.replace(a, b)
-    return text
-
-
 def table_to_latex(ds: xr.Dataset) -> str:
     """LaTeX (booktabs) versions of the method table and the agreement table of :func:`assemble`.
 
@@ -607,11 +586,8 @@ def table_to_latex(ds: xr.Dataset) -> str:
     main, agree, _ = _rows(ds)
 
     def tabular(header: list[str], rows: list[list[str]], caption: str) -> list[str]:
-        out = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{" + "l" * 2 + "r" * (len(header) - 2) + "}",
-               r"\toprule", " & ".join(_latex_escape(h) for h in header) + r" \\", r"\midrule"]
-        out += [" & ".join(_latex_escape(c) for c in r) + r" \\" for r in rows]
-        out += [r"\bottomrule", r"\end{tabular}", r"\caption{" + _latex_escape(caption) + "}", r"\end{table}"]
-        return out
+        return latex_tabular([latex_escape(h) for h in header], [[latex_escape(c) for c in r] for r in rows],
+                             latex_escape(caption), align="ll" + "r" * (len(header) - 2), placement="t").split("\n")
 
     lines = tabular(MAIN_HEADER, main, f"Mean ± standard error over seeds {_seed_text(ds)}.")
     caption = "Agreement of the SVI posterior with the NUTS posterior on the same data."
