@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,16 +11,51 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import patheffects
+from matplotlib.colors import Normalize
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
+
+#: Grids up to this many rows and columns get each cell's value written in it.
+ANNOTATE_MAX_CELLS = 10
+
+#: A positive loss whose largest value is at least this many times its smallest is drawn on a log axis.
+LOG_SCALE_RATIO = 30.0
+
+_MINUS = "\N{MINUS SIGN}"
+_SD_TITLE = re.compile(r"\b(sd|std|standard deviation)\b", re.IGNORECASE)
 
 
 def _save(fig: plt.Figure, path: Path, suptitle: str = "") -> Path:
     """Lay out, write ``path`` as PNG and close the figure (every plot here ends so)."""
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:  # constrained-layout figures lay themselves out
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _cell_text_colour(rgba: Sequence[float]) -> str:
+    """Black on light cells, white on dark ones (relative luminance of the cell colour)."""
+    r, g, b = rgba[:3]
+    return "black" if 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.45 else "white"
+
+
+def _value_format(values: np.ndarray) -> str:
+    """Whole numbers without decimals (a true reward map reads "-4", not "-4.00"), else 2, 1 or 0 decimals by size."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0 or np.all(finite == np.round(finite)):
+        return "{:.0f}"
+    largest = float(np.abs(finite).max())
+    return "{:.2f}" if largest < 10 else "{:.1f}" if largest < 100 else "{:.0f}"
+
+
+def scale_groups(names: Sequence[str]) -> list[str]:
+    """The colour-scale group of each reward-map panel by its title: ``"sd"`` for spreads (a title naming ``sd``,
+    ``std`` or ``standard deviation``), ``"reward"`` for everything else (true reward, posterior means)."""
+    return ["sd" if _SD_TITLE.search(name) else "reward" for name in names]
 
 
 def plot_reward_maps(
@@ -28,41 +64,184 @@ def plot_reward_maps(
     path: Path,
     *,
     title: str = "",
+    scales: Sequence[str] | None = None,
+    start: int | None = None,
+    goals: Sequence[int] = (),
+    annotate: bool | None = None,
 ) -> Path:
-    """Side-by-side heat maps of per-state values on a grid (row 0 at the top), one colour bar each.
+    """Heat maps of per-state values on a grid (row 0 at the top), cells labelled by (row, column).
+
+    Panels in the same colour-scale group share one normalisation and one colour bar (labelled with the group), so
+    the true reward and the posterior means are read off the same scale (viridis); spreads (sd) get their own (blues,
+    from 0). Up to three panels sit in one row; more are laid out one row per scale group.
 
     Args:
-        grid_shape: ``(rows, cols)``.
+        grid_shape: ``(rows, cols)``; state ``s`` is cell ``(s // cols, s % cols)``.
         panels: ``(title, values of shape (rows * cols,))`` for each map.
         path: PNG to write.
         title: figure title.
+        scales: the colour-scale group of each panel (panels with equal names share a scale); by default
+            :func:`scale_groups` of the titles.
+        start: the start state, outlined and marked "S" on every panel.
+        goals: goal states, outlined and marked "G" on every panel.
+        annotate: write each cell's value in it; by default when the grid is at most
+            :data:`ANNOTATE_MAX_CELLS` x :data:`ANNOTATE_MAX_CELLS`.
     """
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
-    for ax, (name, values) in zip(axes[0], panels, strict=True):
-        image = ax.imshow(np.asarray(values).reshape(grid_shape), cmap="viridis")
+    rows, cols = (int(n) for n in grid_shape)
+    names = [str(name) for name, _ in panels]
+    maps = [np.asarray(values, dtype=np.float64).reshape(rows, cols) for _, values in panels]
+    scales = list(scale_groups(names) if scales is None else scales)
+    if len(scales) != len(panels):
+        raise ValueError(f"scales has {len(scales)} entries for {len(panels)} panels")
+    if annotate is None:
+        annotate = max(rows, cols) <= ANNOTATE_MAX_CELLS
+    groups = list(dict.fromkeys(scales))  # in order of first appearance
+    # Places: one row if it fits, else a row per scale group.
+    if len(panels) <= 3:
+        places = [(0, i) for i in range(len(panels))]
+    else:
+        seen = {g: 0 for g in groups}
+        places = []
+        for group in scales:
+            places.append((groups.index(group), seen[group]))
+            seen[group] += 1
+    nrows = 1 + max(r for r, _ in places)
+    ncols = 1 + max(c for _, c in places)
+    aspect = rows / cols
+    panel_w = 3.9 if max(rows, cols) > 5 else 3.2
+    size = (0.6 + 1.25 * panel_w * ncols, 0.9 + (panel_w * min(aspect, 1.5) + 0.5) * nrows)
+    fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False, layout="compressed")
+    fig.get_layout_engine().set(h_pad=0.12, w_pad=0.08)  # inches: air between a row's labels and the next titles
+    fontsize = min(9.0, 60.0 / max(rows, cols))
+    every_cell = max(rows, cols) <= 20  # a tick per cell; bigger grids get a few integer ticks
+    group_axes: dict[str, list] = {g: [] for g in groups}
+    norms: dict[str, object] = {}
+    for group in groups:
+        members = [m for m, g in zip(maps, scales, strict=True) if g == group]
+        finite = np.concatenate([m[np.isfinite(m)] for m in members])
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        if group == "sd" and lo >= 0:
+            lo = 0.0
+        if hi <= lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        norms[group] = Normalize(vmin=lo, vmax=hi)
+    cmaps = {g: ("Blues" if g == "sd" else "viridis") for g in groups}
+    for (name, values, group, (r, c)) in zip(names, maps, scales, places, strict=True):
+        ax = axes[r][c]
+        norm = norms[group]
+        image = ax.imshow(values, cmap=cmaps[group], norm=norm, interpolation="nearest")
+        group_axes[group].append((ax, image))
         ax.set_title(name)
-        ax.set_xticks(range(grid_shape[1]))
-        ax.set_yticks(range(grid_shape[0]))
-        ax.tick_params(labelsize=6)
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        if every_cell:
+            ax.set_xticks(range(cols))
+            ax.set_yticks(range(rows))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.tick_params(labelsize=min(8.0, fontsize + 1), length=2)
+        ax.set_xlabel("column")
+        ax.set_ylabel("row")
+        if annotate:
+            fmt = _value_format(values)
+            cmap = image.get_cmap()
+            for (i, j), v in np.ndenumerate(values):
+                if np.isfinite(v):
+                    text = fmt.format(v)
+                    text = text.lstrip("-") if float(text) == 0 else text  # no "-0.00"
+                    ax.text(j, i, text, ha="center", va="center", fontsize=fontsize,
+                            color=_cell_text_colour(cmap(norm(v))))
+        for states, letter, colour in (([] if start is None else [start], "S", "tab:red"), (goals, "G", "tab:red")):
+            for s in states:
+                i, j = divmod(int(s), cols)
+                ax.add_patch(Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, fill=False, ec=colour, lw=2.0))
+                ax.text(j - 0.4, i - 0.4, letter, ha="left", va="top", fontsize=fontsize + 1, color=colour,
+                        fontweight="bold", path_effects=[patheffects.withStroke(linewidth=2, foreground="white")])
+    for r in range(nrows):
+        for c in range(ncols):
+            if (r, c) not in places:
+                axes[r][c].axis("off")  # an empty slot (kept in the layout so the columns line up)
+    for row, (group, members) in enumerate(group_axes.items()):
+        label = "posterior sd" if group == "sd" else group
+        # A row per group: the bar at the row's right end (beside any empty slot) so the columns stay aligned.
+        beside = [ax for ax, _ in members] if nrows == 1 else list(axes[row])
+        fig.colorbar(members[0][1], ax=beside, shrink=0.85, label=label)
+    notes = []
+    if start is not None:
+        notes.append("S = start")
+    if len(goals):
+        notes.append("G = goal")
+    if notes:
+        fig.supxlabel(", ".join(notes) + " (red outline)", fontsize=9)
     return _save(fig, path, title)
 
 
+def _loss_axis(ax: plt.Axes, values: np.ndarray) -> None:
+    """Log y axis with plain-number ticks (1-2-5 per decade or sparser) when positive values span at least
+    :data:`LOG_SCALE_RATIO`; a linear axis otherwise (a loss that moves within a factor of a few reads best so)."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0 or finite.min() <= 0 or finite.max() / finite.min() < LOG_SCALE_RATIO:
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=7))
+        return
+    ax.set_yscale("log")
+    decades = np.log10(finite.max() / finite.min())
+    subs = (1.0, 2.0, 5.0) if decades <= 2.5 else (1.0, 3.0) if decades <= 4.5 else (1.0,)
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_loss_curve(elbo: Sequence[float], validation: Sequence[float], validation_step: Sequence[int],
-                    best_step: int, path: Path) -> Path:
-    """Training loss (negative ELBO, log scale) and validation NLL per step, with the kept state marked."""
-    fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(10, 3.6))
+                    best_step: int, path: Path, *, title: str = "") -> Path:
+    """SVI training loss (negative ELBO per step, with its running mean) and the held-out negative log predictive per
+    item at each validation pass, both with the kept (best-validation) step marked.
+
+    Args:
+        elbo: the loss (negative ELBO, nats) of each step's minibatch.
+        validation: the held-out negative log predictive per item (nats) at each validation pass.
+        validation_step: the step of each validation pass.
+        best_step: the step whose state was kept.
+        path: PNG to write.
+        title: figure title; by default the run length and the kept step.
+    """
+    elbo = np.asarray(elbo, dtype=np.float64)
+    validation = np.asarray(validation, dtype=np.float64)
+    validation_step = np.asarray(validation_step)
     steps = np.arange(1, len(elbo) + 1)
-    ax_train.plot(steps, elbo, lw=0.8)
-    ax_train.set_yscale("symlog")
+    fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(11.5, 4.2), layout="constrained")
+    kept = {"color": "tab:red", "ls": "--", "lw": 1.0}
+    ax_train.plot(steps, elbo, lw=0.6, alpha=0.45, color="tab:blue", label="each step")
+    window = max(1, len(elbo) // 25)
+    if window > 1:
+        running = np.convolve(elbo, np.ones(window) / window, mode="valid")
+        ax_train.plot(steps[window - 1:], running, lw=1.6, color="tab:blue",
+                      label=f"running mean over {window} steps")
+    if len(elbo):
+        ax_train.axvline(best_step, **kept, label=f"kept: step {best_step}")
+    _loss_axis(ax_train, elbo)
     ax_train.set_xlabel("step")
-    ax_train.set_ylabel("-ELBO (minibatch estimate)")
-    ax_val.plot(validation_step, validation, marker="o", ms=3)
-    ax_val.axvline(best_step, color="k", ls="--", lw=0.8, label=f"kept: step {best_step}")
+    ax_train.set_ylabel(f"{_MINUS}ELBO of the step's minibatch (nats)")
+    ax_train.set_title(f"training loss ({_MINUS}ELBO)")
+    ax_train.legend(fontsize=8)
+
+    ax_val.plot(validation_step, validation, marker="o", ms=3.5, color="tab:green", label="held-out items")
+    ax_val.axvline(best_step, **kept)
+    at_best = np.flatnonzero(validation_step == best_step)
+    if at_best.size:
+        v = float(validation[at_best[0]])
+        ax_val.plot([best_step], [v], ls="", marker="*", ms=13, color="tab:red",
+                    label=f"kept: step {best_step} ({v:.3f} nats)")
+    else:
+        ax_val.plot([], [], **kept, label=f"kept: step {best_step}")
+    _loss_axis(ax_val, validation)
     ax_val.set_xlabel("step")
-    ax_val.set_ylabel("validation NLL per item (sum over types)")
-    ax_val.legend()
-    return _save(fig, path)
+    ax_val.set_ylabel("negative log predictive per item (nats)")
+    ax_val.set_title("held-out validation loss (lowest is kept)")
+    ax_val.legend(fontsize=8)
+    for ax in (ax_train, ax_val):
+        ax.grid(True, which="major", alpha=0.3)
+        ax.set_xlim(0, max(len(elbo), int(validation_step.max()) if validation_step.size else 0, 1) + 1)
+    title = title or f"SVI loss: {len(elbo)} steps, state kept from step {best_step}"
+    return _save(fig, path, title)
 
 
 def plot_mean_scatter(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -78,3 +80,70 @@ def test_plots_show_the_worst_rewards(tmp_path):
     assert [p.name for p in paths] == ["nuts_trace.png", "nuts_rank.png"]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+@pytest.fixture
+def closed_figures(monkeypatch):
+    """Every figure ``plot_nuts_diagnostics`` closes (after saving it), in order: trace, rank."""
+    import matplotlib.pyplot as plt
+
+    closed = []
+    close = plt.close
+
+    def keep(fig=None):
+        closed.append(fig)
+        close(fig)
+
+    monkeypatch.setattr(plt, "close", keep)
+    return closed
+
+
+TITLE = re.compile(r"reward \(row (\d+), col (\d+)\)\nR-hat (\d\.\d{3}), bulk ESS (\d+)")
+
+
+def test_plot_titles_name_the_grid_cell_with_its_rhat_and_ess(tmp_path, closed_figures):
+    from mavrl_ppl.baselines.mcmc.diagnostics import arviz
+
+    az = arviz()
+    idata = synthetic_idata(shift_chain=1.0)  # state 4 = cell (1, 1) of the 3x3 grid has one chain off
+    rhat = az.rhat(idata.posterior, method="rank")
+    ess = az.ess(idata.posterior, method="bulk")
+    plot_nuts_diagnostics(idata, tmp_path)
+    trace, rank = closed_figures
+    for fig in (trace, rank):
+        assert "grid_trap (3x3 grid): 4 chains x 500 draws, 0 divergences" in fig.get_suptitle()
+        titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+        cells = {}
+        for title in titles:
+            if (m := TITLE.fullmatch(title)) is not None:
+                row, col, r, e = int(m[1]), int(m[2]), float(m[3]), int(m[4])
+                state = 3 * row + col
+                assert r == pytest.approx(float(rhat["reward"].sel(state=state)), abs=5e-4)
+                assert e == pytest.approx(float(ess["reward"].sel(state=state)), abs=0.5)
+                cells[(row, col)] = r
+        assert len(cells) == 6 and (1, 1) in cells and cells[(1, 1)] > 1.1
+        assert any(t.startswith("rating_cutpoints[3]\nR-hat ") for t in titles)
+        red = [ax.get_title() for ax in fig.axes if ax.title.get_color() == "tab:red"]
+        assert red and all(t.startswith("reward (row 1, col 1)") for t in red)  # only R-hat > 1.01 is red
+
+
+def test_rewards_without_a_grid_and_state_action_rewards_are_labelled(tmp_path, closed_figures):
+    from mavrl_ppl.analysis.posterior import build_inference_data
+    from mavrl_ppl.baselines.mcmc.plots import grid_shape_of, reward_label
+
+    assert reward_label({"state": 5}, (2, 3)) == "reward (row 1, col 2)"
+    assert reward_label({"state": 5}, None) == "reward (state 5)"
+    assert reward_label({"state": 0, "action": 2}, (2, 3)) == "reward (row 0, col 0, action 2)"
+    assert reward_label({"point": 7}, None) == "reward (point 7)"
+    assert grid_shape_of(synthetic_idata()) == (3, 3)
+
+    mdp = make_tabular("grid_trap", size=3)
+    rng = np.random.default_rng(1)
+    idata = build_inference_data(
+        reward=rng.normal(size=(2, 100, mdp.num_states, 2)), reward_dims=("state", "action"), nuisance={},
+        sample_stats={"diverging": np.zeros((2, 100), dtype=bool)}, feedback={}, mdp=mdp,
+        attrs={"inference": "nuts"})
+    plot_nuts_diagnostics(idata, tmp_path, count=3)
+    titles = [ax.get_title() for ax in closed_figures[0].axes if ax.get_title()]
+    assert len(titles) == 6 and all(re.fullmatch(r"reward \(row \d, col \d, action \d\)\nR-hat \d\.\d{3}, bulk ESS \d+",
+                                                 t) for t in titles)
