@@ -515,7 +515,8 @@ def _plot_run(work: Path, problem: Problem, fitted: Fitted) -> None:
         mean, sd = posterior.mean(("chain", "draw")).values, posterior.std(("chain", "draw")).values
         plot_reward_maps(mdp.grid_shape, [("true reward", mdp.group_rewards), ("posterior mean", mean),
                                           ("posterior sd", sd)],
-                         work / "reward_maps.png", title=f"{problem.config['inference'].upper()} on {mdp.name}")
+                         work / "reward_maps.png", title=f"{problem.config['inference'].upper()} on {mdp.name}",
+                         start=mdp.start_state, goals=mdp.goal_states)
 
 
 class RunResult(NamedTuple):
