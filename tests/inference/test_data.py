@@ -1,4 +1,4 @@
-"""Train/validation splits and the cycling minibatches, tested directly (not through a fit)."""
+"""Train/validation splits and the minibatch sources, tested directly (not through a fit)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mavrl_ppl.inference.data import CyclingBatches, split_items
+from mavrl_ppl.inference.data import CyclingBatches, Minibatches, split_feedback, split_items, take, to_tensors
 
 
 def test_split_holds_out_the_floor_of_the_fraction_and_covers_every_item_once():
@@ -83,3 +83,46 @@ def test_state_round_trip_resumes_the_identical_sequence():
         assert torch.equal(a_pref, b_pref) and torch.equal(a_rating, b_rating)
     fresh = CyclingBatches(sizes, 3, torch.Generator().manual_seed(99))
     assert any(not torch.equal(fresh.next("pref"), e[0]) for e in expected[:3])
+
+
+@pytest.fixture(scope="module")
+def feedback():
+    from mavrl_ppl.envs import make_tabular
+    from mavrl_ppl.feedback import TabularTeacher
+    from mavrl_ppl.feedback.data import simulate_feedback
+
+    mdp = make_tabular("grid_trap", size=4)
+    return simulate_feedback(TabularTeacher(mdp), {"pref": 10, "demo": 1, "stop": 6}, np.random.default_rng(0))
+
+
+def test_split_feedback_holds_out_per_type_and_skips_types_without_validation_items(feedback):
+    split = split_feedback(feedback, 0.2, np.random.default_rng(3))
+    assert split.num_items() == {"pref": 8, "demo": 1, "stop": 5}
+    assert set(split.held_out) == {"pref", "stop"}  # one demo episode stays whole in training
+    assert {n: b["valid"].shape[0] for n, b in split.held_out.items()} == {"pref": 2, "stop": 1}
+    # the same draws as split_items, type after type in the data's order
+    rng = np.random.default_rng(3)
+    for name in feedback:
+        train_idx, val_idx = split_items(feedback[name].sizes["item"], 0.2, rng)
+        whole = to_tensors(name, feedback[name])
+        assert torch.equal(split.train[name]["obs"], whole["obs"][torch.from_numpy(train_idx)])
+        if len(val_idx):
+            assert torch.equal(split.held_out[name]["obs"], whole["obs"][torch.from_numpy(val_idx)])
+
+
+def test_with_nothing_held_out_validation_scores_the_training_sets(feedback):
+    split = split_feedback(feedback, 0.0, np.random.default_rng(0))
+    assert split.held_out is split.train
+
+
+def test_minibatches_give_each_type_its_items_with_their_indices(feedback):
+    split = split_feedback(feedback, 0.0, np.random.default_rng(0))
+    minibatches = Minibatches(split.train, 4, torch.Generator().manual_seed(0))
+    for _ in range(3):
+        batches = minibatches()
+        assert list(batches) == list(feedback)
+        for name, (indices, batch) in batches.items():
+            expected = take(split.train[name], indices)
+            assert all(torch.equal(batch[k], v) for k, v in expected.items() if isinstance(v, torch.Tensor))
+        assert batches["demo"][1] is split.train["demo"]  # a whole set passes without a copy
+        assert len(batches["pref"][0]) == 4
