@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -73,3 +74,66 @@ class CyclingBatches:
     def load_state(self, state: Mapping) -> None:
         self._order, self._pos = dict(state["order"]), dict(state["pos"])
         self.generator.set_state(state["rng"])
+
+
+def num_items(batch: Batch) -> int:
+    """Number of items in a batch."""
+    return int(batch["valid"].shape[0])
+
+
+class FeedbackSplit(NamedTuple):
+    """A feedback set as tensors, split into training and held-out items.
+
+    Attributes:
+        train: each type's training items.
+        held_out: each type's validation items, types with none left out; if no type has any, the training sets
+            (validation then scores the training fit).
+    """
+
+    train: dict[str, Batch]
+    held_out: dict[str, Batch]
+
+    def num_items(self) -> dict[str, int]:
+        """Training items of each type (the plates' full size)."""
+        return {name: num_items(batch) for name, batch in self.train.items()}
+
+
+def split_feedback(feedback: Mapping[str, xr.Dataset], fraction: float, rng: np.random.Generator) -> FeedbackSplit:
+    """Each type's items as tensors, split by :func:`split_items` (types in ``feedback``'s order, one draw each)."""
+    train, held_out = {}, {}
+    for name, dataset in feedback.items():
+        tensors = to_tensors(name, dataset)
+        train_idx, val_idx = split_items(dataset.sizes["item"], fraction, rng)
+        train[name] = take(tensors, torch.from_numpy(train_idx))
+        if len(val_idx):
+            held_out[name] = take(tensors, torch.from_numpy(val_idx))
+    return FeedbackSplit(train, held_out or train)
+
+
+class Minibatches:
+    """The training sets' minibatches, one of every type per call, in the form ``model()`` takes:
+    type name -> ``(indices, batch)``.
+
+    Args:
+        train: each type's training items.
+        batch_size: items per type per step (capped at the type's size).
+        generator: the torch generator behind the shuffles.
+    """
+
+    def __init__(self, train: Mapping[str, Batch], batch_size: int, generator: torch.Generator) -> None:
+        self.train = dict(train)
+        self.cycling = CyclingBatches({n: num_items(b) for n, b in self.train.items()}, batch_size, generator)
+
+    def __call__(self) -> dict[str, tuple[torch.Tensor, Batch]]:
+        out = {}
+        for name, batch in self.train.items():
+            idx = self.cycling.next(name)
+            whole = len(idx) == num_items(batch)  # the full training set: no copy needed
+            out[name] = (idx, batch if whole else take(batch, idx))
+        return out
+
+    def state(self) -> dict:
+        return self.cycling.state()
+
+    def load_state(self, state: Mapping) -> None:
+        self.cycling.load_state(state)

@@ -1,0 +1,61 @@
+"""The settings of an SVI fit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+from mavrl_ppl.models.networks import ENCODER_INPUTS
+from mavrl_ppl.models.settings import BELLMAN_TARGETS, ModelSettings
+
+#: How the likelihoods get action values on a tabular env (``SVISettings.q_model``).
+Q_MODELS = ("planner", "network")
+
+
+@dataclass
+class SVISettings:
+    """Every setting of an SVI fit (one documented default set for all grids)."""
+
+    encoder_input: str = "state"  # what the encoder sees: state | state_action | transition
+    hidden: int = 64  # hidden width of the encoder and the Q-network
+    layers: int = 2  # hidden layers of both networks
+    learning_rate: float = 0.03  # AdamW step size at the start
+    lr_decay: float = 0.1  # learning rate at max_steps as a fraction of learning_rate (exponential schedule)
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    clip_norm: float = 1.0  # gradient-norm clip, applied per parameter tensor (Pyro's clip_args)
+    batch_size: int = 256  # items of each feedback type per step (the paper grids' data sets fit whole)
+    max_steps: int = 200  # optimisation steps at most
+    eval_every: int = 20  # steps between validation passes
+    patience: int = 5  # validation passes without improvement before stopping
+    validation_fraction: float = 0.2  # share of each type's items held out for validation
+    num_particles: int = 1  # ELBO particles per step
+    kl_weight: float = 1.0  # scale on the reward prior/guide sites (1 = exact ELBO; see models.joint)
+    td_weight: float = 1.0  # scale on the Bellman-consistency sites
+    bellman_scale: float = 0.5  # std of the Bellman observation y ~ Normal(r, bellman_scale)
+    q_model: str = "planner"  # tabular envs: planner (exact Q*(r), the NUTS model) | network (MAVRL's Q-network)
+    q_horizon_scale: bool = False  # Q-network mode: multiply the Q-network's output by 1 / (1 - gamma)
+    bellman_target: str = "max"  # next-step value in the TD target: max (max_a' Q(s', a')) | data (Q(s', a'_data))
+    num_posterior_samples: int = 1000  # guide draws stored in posterior.nc
+    progress_bar: bool = True  # show a tqdm bar with the ELBO
+
+    def __post_init__(self) -> None:
+        choices = {"encoder_input": ENCODER_INPUTS, "q_model": Q_MODELS, "bellman_target": BELLMAN_TARGETS}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("hidden", "batch_size", "max_steps", "eval_every", "patience", "num_particles",
+                     "num_posterior_samples"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.layers < 0:
+            raise ValueError(f"layers must be >= 0, got {self.layers}")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            raise ValueError(f"validation_fraction must lie in [0, 1), got {self.validation_fraction}")
+        if not (self.learning_rate > 0 and 0 < self.lr_decay <= 1):
+            raise ValueError(f"need learning_rate > 0 and 0 < lr_decay <= 1, got {self.learning_rate}, {self.lr_decay}")
+        for name in ("kl_weight", "td_weight", "weight_decay", "clip_norm", "bellman_scale"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+
+    def model_settings(self) -> ModelSettings:
+        """The settings the model itself reads (the fields of :class:`ModelSettings`)."""
+        return ModelSettings(**{f.name: getattr(self, f.name) for f in fields(ModelSettings)})

@@ -1,0 +1,211 @@
+"""The SVI training loop: validation, early stopping, checkpoints and exact resumption."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import NamedTuple
+
+import pyro
+import pyro.util
+import torch
+from pyro import poutine
+from pyro.infer import SVI, TraceMeanField_ELBO
+from tqdm.auto import tqdm
+
+from mavrl_ppl.inference.data import Batch, Minibatches, num_items
+from mavrl_ppl.inference.settings import SVISettings
+from mavrl_ppl.models.joint import JointFeedbackModel
+
+#: A validation pass must beat the best loss by more than this to count as an improvement.
+MIN_IMPROVEMENT = 1e-6
+
+OnEvaluate = Callable[[int, JointFeedbackModel, dict[str, float]], None]
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the parameters were reset to the last good (best) state."""
+
+
+def snapshot() -> dict[str, torch.Tensor]:
+    """A copy of every parameter in Pyro's store."""
+    return {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}
+
+
+def restore(params: Mapping[str, torch.Tensor]) -> None:
+    """Copy a :func:`snapshot` back into Pyro's store, in place."""
+    with torch.no_grad():
+        for k, v in pyro.get_param_store().named_parameters():
+            v.copy_(params[k])
+
+
+def save_checkpoint(path: Path, state: Mapping) -> None:
+    """Write ``state`` to ``path`` atomically (a temporary file, then a rename)."""
+    tmp = Path(path).with_suffix(".tmp")
+    torch.save(dict(state), tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint written by :func:`save_checkpoint` (it holds optimiser and RNG state objects, hence a full
+    unpickle: load only checkpoints you wrote)."""
+    return torch.load(path, weights_only=False)
+
+
+class Best(NamedTuple):
+    """The best state so far by validation loss, and how many validation passes have not improved on it.
+
+    Attributes:
+        loss: its validation loss.
+        step: the step it was taken at (0: the initial parameters).
+        stale: validation passes since the last improvement.
+        params: its parameters (a :func:`snapshot`).
+    """
+
+    loss: float
+    step: int
+    stale: int
+    params: dict[str, torch.Tensor]
+
+    def after(self, loss: float, step: int) -> Best:
+        """The best state after a validation pass at ``step`` with ``loss`` (the current parameters if better)."""
+        if loss < self.loss - MIN_IMPROVEMENT:
+            return Best(loss, step, 0, snapshot())
+        return self._replace(stale=self.stale + 1)
+
+
+def make_optimizer(learning_rate: float, lr_decay: float, weight_decay: float, clip_norm: float, max_steps: int):
+    """AdamW with an exponential learning-rate decay to ``lr_decay * learning_rate`` at ``max_steps``: the
+    single-draw ELBO gradient is noisy, and a shrinking step lets the parameters settle instead of jittering around
+    the optimum. Gradients are clipped per parameter tensor."""
+    return pyro.optim.ExponentialLR(
+        {"optimizer": torch.optim.AdamW,
+         "optim_args": {"lr": learning_rate, "weight_decay": weight_decay},
+         "gamma": lr_decay ** (1.0 / max_steps)},
+        clip_args={"clip_norm": clip_norm},
+    )
+
+
+class Trainer:
+    """SVI on a model: a validation pass every ``eval_every`` steps, early stopping after ``patience`` passes without
+    improvement, the best state kept (and checkpointed with everything needed to resume exactly).
+
+    Building it creates every parameter (one blocked loss evaluation on a first minibatch), so a checkpoint can be
+    loaded into them; that minibatch and the loss's draws are consumed from the RNGs as in an uninterrupted fit.
+
+    Args:
+        model: the model to fit.
+        settings: the fit's settings (``SVISettings``).
+        minibatches: the source of training minibatches.
+        held_out: each type's validation items.
+        seed: the fit's seed (recorded in checkpoints).
+        checkpoint: where to keep the best state and the optimiser during training; ``None`` keeps it in memory.
+        on_evaluate: called after every validation pass with the step, the model and the held-out negative
+            log-likelihood per type.
+    """
+
+    def __init__(
+        self,
+        model: JointFeedbackModel,
+        settings: SVISettings,
+        minibatches: Minibatches,
+        held_out: Mapping[str, Batch],
+        *,
+        seed: int,
+        checkpoint: Path | None = None,
+        on_evaluate: OnEvaluate | None = None,
+    ) -> None:
+        self.model, self.settings, self.minibatches, self.held_out = model, settings, minibatches, dict(held_out)
+        self.seed, self.checkpoint, self.on_evaluate = seed, checkpoint, on_evaluate
+        self.optim = make_optimizer(settings.learning_rate, settings.lr_decay, settings.weight_decay,
+                                    settings.clip_norm, settings.max_steps)
+        elbo = TraceMeanField_ELBO(num_particles=settings.num_particles)
+        self.svi = SVI(model.model, model.guide, self.optim, elbo)
+        with poutine.block():  # create every parameter once (lazily, as Pyro does)
+            self.svi.evaluate_loss(self.minibatches())
+        self.history: dict = {"elbo": [], "validation": [], "validation_step": []}
+        self.best = Best(math.inf, 0, 0, snapshot())
+
+    def resume(self) -> int:
+        """Continue from the checkpoint if it exists; the step to start from (0 without one)."""
+        if self.checkpoint is None or not Path(self.checkpoint).exists():
+            return 0
+        state = load_checkpoint(self.checkpoint)
+        restore(state["params"])
+        self.optim.set_state(state["optim"])
+        self.minibatches.load_state(state["batches"])
+        self.history = state["history"]
+        pyro.util.set_rng_state(state["rng"])  # the ELBO's draws continue where they stopped: exact resumption
+        self.best = Best(state["best_loss"], state["best_step"], state["stale"], state["best"])
+        return state["step"]
+
+    def _save(self, step: int) -> None:
+        if self.checkpoint is None:
+            return
+        b = self.best
+        save_checkpoint(self.checkpoint, {
+            "params": snapshot(), "optim": self.optim.get_state(), "batches": self.minibatches.state(),
+            "history": self.history, "step": step, "rng": pyro.util.get_rng_state(),
+            "best": b.params, "best_loss": b.loss, "best_step": b.step, "stale": b.stale,
+            "settings": asdict(self.settings), "seed": self.seed,
+        })
+
+    def run(self, start_step: int = 0) -> int:
+        """Train from ``start_step`` to ``max_steps`` or an early stop; leaves the best state in Pyro's param store.
+        Returns the number of steps taken in total (counting those before ``start_step``)."""
+        s = self.settings
+        step = start_step
+        bar = tqdm(range(start_step, s.max_steps), desc="SVI", disable=not s.progress_bar,
+                   initial=start_step, total=s.max_steps, leave=False)
+        for step in bar:
+            loss = self._step(step)
+            self.history["elbo"].append(loss)
+            if (step + 1) % s.eval_every == 0 or step + 1 == s.max_steps:
+                by_type = self._validation_losses()
+                val = self._record(step + 1, by_type)
+                bar.set_postfix(elbo=f"{-loss:.1f}", val_nll=f"{val:.3f}", refresh=False)
+                self._save(step + 1)
+                if self.on_evaluate is not None:
+                    self.on_evaluate(step + 1, self.model, by_type)
+                if self.best.stale >= s.patience:
+                    break
+        bar.close()
+        restore(self.best.params)
+        return step + 1
+
+    def _step(self, step: int) -> float:
+        """One SVI step and the learning-rate decay; on a non-finite loss, back to the best state and raise."""
+        try:
+            loss = self.svi.step(self.minibatches())
+        except ValueError:
+            # A non-finite parameter makes Pyro's distribution checks raise before any loss exists: same as NaN.
+            if all(torch.isfinite(v).all() for _, v in pyro.get_param_store().named_parameters()):
+                raise
+            loss = math.nan
+        self.optim.step()  # the schedulers' step: decay the learning rate
+        if not math.isfinite(loss):
+            restore(self.best.params)
+            self._save(step)
+            raise TrainingDivergedError(
+                f"the loss became {loss} at step {step}; parameters were reset to the best state "
+                f"(step {self.best.step})"
+            )
+        return loss
+
+    def _validation_losses(self) -> dict[str, float]:
+        """Mean held-out negative log predictive per item, by type."""
+        with torch.no_grad():
+            return {n: float(-self.model.predictive_log_likelihood(n, b).mean()) for n, b in self.held_out.items()}
+
+    def _record(self, step: int, by_type: Mapping[str, float]) -> float:
+        """Log a validation pass and update the best state; the held-out loss (every item counts once)."""
+        items = {n: num_items(b) for n, b in self.held_out.items()}
+        val = sum(items[n] * v for n, v in by_type.items()) / sum(items.values())
+        for n, v in by_type.items():
+            self.history.setdefault(f"validation_{n}", []).append(v)
+        self.history["validation"].append(val)
+        self.history["validation_step"].append(step)
+        self.best = self.best.after(val, step)
+        return val

@@ -1,0 +1,47 @@
+"""The joint model's settings: the part of :class:`~mavrl_ppl.inference.svi.SVISettings` the model itself reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mavrl_ppl.models.networks import ENCODER_INPUTS
+
+#: How the Bellman-consistency target treats the next step: ``Q(s', a')`` at the data's next action (``"data"``, the
+#: reference's SARSA-style target) or ``max_a' Q(s', a')`` (``"max"``, the optimality target the teachers plan with).
+BELLMAN_TARGETS = ("max", "data")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Networks and site scales of :class:`~mavrl_ppl.models.joint.JointFeedbackModel` (REFERENCE §1).
+
+    Attributes:
+        encoder_input: what the encoder sees of a transition, one of
+            :data:`~mavrl_ppl.models.networks.ENCODER_INPUTS`.
+        hidden: hidden width of the encoder and the Q-network.
+        layers: hidden layers of both networks.
+        kl_weight: scale on the reward prior and guide sites (1 = exact ELBO).
+        td_weight: scale on the Bellman-consistency sites.
+        bellman_scale: standard deviation of the Bellman observation ``y ~ Normal(r, bellman_scale)``.
+        bellman_target: one of :data:`BELLMAN_TARGETS`.
+        q_horizon_scale: scale the Q-network's output by ``1 / (1 - gamma)`` (see
+            :class:`~mavrl_ppl.models.networks.QNetwork`).
+    """
+
+    encoder_input: str = "state"
+    hidden: int = 64
+    layers: int = 2
+    kl_weight: float = 1.0
+    td_weight: float = 1.0
+    bellman_scale: float = 0.5
+    bellman_target: str = "max"
+    q_horizon_scale: bool = False
+
+    def __post_init__(self) -> None:
+        if self.encoder_input not in ENCODER_INPUTS:
+            raise ValueError(f"encoder_input must be one of {ENCODER_INPUTS}, got {self.encoder_input!r}")
+        if self.bellman_target not in BELLMAN_TARGETS:
+            raise ValueError(f"bellman_target must be one of {BELLMAN_TARGETS}, got {self.bellman_target!r}")
+        for name in ("kl_weight", "td_weight", "bellman_scale"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")

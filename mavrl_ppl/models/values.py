@@ -1,0 +1,143 @@
+"""Where the likelihoods' action values come from: one of two strategies, chosen once when the model is built.
+
+- :class:`NetworkValues`: MAVRL's Q-network (a point-estimated module of the model) with the Bellman-consistency
+  sites ``bellman_<type>``: the TD target ``y = Q(s, a) - gamma * Q(s', a')`` (``Q(s', .) = 0`` after a terminal
+  step) is observed as ``y ~ Normal(r, bellman_scale)``, masked by ``valid`` and scaled by ``td_weight``. Its
+  expectation under ``q = Normal(mu, sigma)`` is ``((y - mu)^2 + sigma^2) / (2 bellman_scale^2)`` per step: the
+  reference's TD term with a fixed instead of a learned scale (REFERENCE §1 ``td_weight * TD_b``).
+- :class:`PlannedValues`: exact ``Q*(r)`` of a known tabular MDP at each sampled reward (needs tied rewards, one
+  per reward group of the MDP). The Bellman equation then holds exactly, so there are no Bellman sites. This is the
+  NUTS baseline's model.
+
+Both share one interface (:class:`ActionValues`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+import pyro
+import pyro.distributions as dist
+import torch
+
+from mavrl_ppl.models.networks import QNetwork
+from mavrl_ppl.models.planning import ExactPlanner
+from mavrl_ppl.models.rewards import TiedRewards
+from mavrl_ppl.models.settings import ModelSettings
+from mavrl_ppl.models.sites import weighted
+
+ValuesAt = Callable[[Mapping], torch.Tensor]
+
+
+class ActionValues(Protocol):
+    """What the model, the guide's prediction and the policy read of a source of action values.
+
+    Action values have shape ``(..., item, [side,] step, action)``.
+    """
+
+    def register(self) -> None:
+        """Declare the learned parts (if any) to Pyro, first thing in the model."""
+
+    def model_values(self, draw: torch.Tensor | None) -> ValuesAt:
+        """The action values of every step of a batch, given the model's shared reward draw."""
+
+    def consistency(
+        self, name: str, batch: Mapping, reward: torch.Tensor, q: torch.Tensor, gamma: float, event_dims: int
+    ) -> None:
+        """Sites tying the values to the rewards, inside the type's item plate."""
+
+    def predictive(self, draws: torch.Tensor, batch: Mapping) -> torch.Tensor:
+        """Action values for guide draws of the reward (see ``RewardAttachment.draws``)."""
+
+    def point(self, batch: Mapping) -> torch.Tensor:
+        """Action values at the guide's mean reward."""
+
+
+class NetworkValues:
+    """The Q-network and the Bellman term (see the module docstring).
+
+    Args:
+        q_network: the Q-network.
+        settings: ``bellman_target``, ``td_weight`` and ``bellman_scale``.
+        num_actions: size of the discrete action space.
+    """
+
+    def __init__(self, q_network: QNetwork, settings: ModelSettings, num_actions: int) -> None:
+        self.q_network = q_network
+        self.bellman_target = settings.bellman_target
+        self.td_weight = settings.td_weight
+        self.bellman_scale = settings.bellman_scale
+        self.num_actions = num_actions
+
+    def at(self, batch: Mapping) -> torch.Tensor:
+        return self.q_network(batch["obs"])
+
+    def register(self) -> None:
+        pyro.module("q_network", self.q_network)
+
+    def model_values(self, draw: torch.Tensor | None) -> ValuesAt:
+        return self.at
+
+    def td_target(self, batch: Mapping, q: torch.Tensor, gamma: float) -> torch.Tensor:
+        """``Q(s, a) - gamma * V(s')`` per step, ``V(s') = 0`` after a terminal step (``bellman_target``)."""
+        next_q = self.q_network(batch["next_obs"])
+        # Padded steps may hold any index (validation checks valid steps only): clamp before gathering.
+        action = batch["action"].clamp(0, self.num_actions - 1).unsqueeze(-1)
+        if self.bellman_target == "max":
+            next_value = next_q.max(-1).values
+        else:
+            next_action = batch["next_action"].clamp(0, self.num_actions - 1).unsqueeze(-1)
+            next_value = torch.gather(next_q, -1, next_action).squeeze(-1)
+        next_value = torch.where(batch["terminal"], torch.zeros_like(next_value), next_value)
+        return torch.gather(q, -1, action).squeeze(-1) - gamma * next_value
+
+    def consistency(
+        self, name: str, batch: Mapping, reward: torch.Tensor, q: torch.Tensor, gamma: float, event_dims: int
+    ) -> None:
+        with weighted(self.td_weight):
+            pyro.sample(
+                f"bellman_{name}",
+                dist.Normal(reward, self.bellman_scale).mask(batch["valid"]).to_event(event_dims),
+                obs=self.td_target(batch, q, gamma),
+            )
+
+    def predictive(self, draws: torch.Tensor, batch: Mapping) -> torch.Tensor:
+        return self.at(batch)
+
+    def point(self, batch: Mapping) -> torch.Tensor:
+        return self.at(batch)
+
+
+class PlannedValues:
+    """Exact ``Q*`` of the sampled reward (see the module docstring).
+
+    Args:
+        planner: the MDP's exact planner.
+        rewards: the model's tied rewards, one per reward group of the MDP.
+    """
+
+    def __init__(self, planner: ExactPlanner, rewards: TiedRewards) -> None:
+        if not isinstance(rewards, TiedRewards) or rewards.num_groups != planner.num_groups:
+            raise ValueError("exact planning needs tied reward latents, one per reward group of the MDP")
+        self.planner = planner
+        self.rewards = rewards
+
+    def register(self) -> None:
+        return None  # nothing learned
+
+    def model_values(self, draw: torch.Tensor) -> ValuesAt:
+        q_star = self.planner(draw).to(draw.dtype)  # once per model run, shared by every type
+        return lambda batch: q_star[self.rewards.state(batch)]
+
+    def consistency(
+        self, name: str, batch: Mapping, reward: torch.Tensor, q: torch.Tensor, gamma: float, event_dims: int
+    ) -> None:
+        return None  # Q* satisfies the Bellman equation exactly
+
+    def predictive(self, draws: torch.Tensor, batch: Mapping) -> torch.Tensor:
+        return torch.stack([self.planner(d) for d in draws]).to(draws.dtype)[:, self.rewards.state(batch)]
+
+    def point(self, batch: Mapping) -> torch.Tensor:
+        mean = self.rewards.group_mean()
+        return self.planner(mean).to(mean.dtype)[self.rewards.state(batch)]
