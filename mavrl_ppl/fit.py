@@ -19,12 +19,19 @@ import sys
 import threading
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from mavrl_ppl.runs import UsageError
 
 #: Flags that steer the command, not the run (never in config.json).
 _COMMAND_FLAGS = ("config", "out", "overwrite", "allow_unconverged", "quiet", "simulate")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors as one line (``error: ...``, exit status 2) instead of the whole usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     from mavrl_ppl.inference.svi import SVISettings
     from mavrl_ppl.options import add_dataclass_arguments
 
-    p = argparse.ArgumentParser(prog="python -m mavrl_ppl.fit", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m mavrl_ppl.fit", description=__doc__.split("\n\n")[0])
     p.add_argument("--inference", choices=["svi", "nuts"], default=None, help="inference method (default svi)")
     p.add_argument("--env", default=None, metavar="ENV", help=f"tabular env ({', '.join(TABULAR_ENVS)}) or control "
                    f"env ({', '.join(CONTROL_ENVS)}; svi only) (default grid_trap, or the --data file's env)")

@@ -123,6 +123,8 @@ def resolve_config(settings: Mapping[str, Any] | None = None, *, source: str = "
     control = is_control_env(config["env"])
     if control:
         config["svi"] = {**CONTROL_SVI, **config["svi"]}
+        if config["svi"]["encoder_input"] != "state_action":  # REFERENCE §3: raw observation + one-hot action
+            raise UsageError(f"control runs need encoder_input state_action, got {config['svi']['encoder_input']}")
     if config["feedback"] is None and not config["data"]:
         try:
             config["feedback"] = paper_allocation(config["env"])
@@ -547,8 +549,10 @@ def run(settings: Mapping[str, Any] | None = None, out: Path | str | None = None
         raise UsageError(f"{out} already exists (pass --overwrite to replace it)")
     load_plugins(config["plugin"])
     problem = make_problem(config)
+    simulate_seconds = time.perf_counter() - t_start
     with atomic_directory(out) as work:
         fitted = fit_problem(problem, progress=progress, checkpoint=work / "checkpoint.pt")
+        fitted.metrics["simulate_seconds"] = simulate_seconds  # settings, env and feedback (simulated or loaded)
         fitted.metrics["total_seconds"] = time.perf_counter() - t_start
         fitted.idata.attrs["total_seconds"] = fitted.metrics["total_seconds"]
         write_run(work, problem, fitted)

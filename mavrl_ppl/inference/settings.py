@@ -6,6 +6,7 @@ from dataclasses import dataclass, fields
 
 from mavrl_ppl.models.networks import ENCODER_INPUTS
 from mavrl_ppl.models.settings import BELLMAN_TARGETS, ModelSettings
+from mavrl_ppl.options import option
 
 #: How the likelihoods get action values on a tabular env (``SVISettings.q_model``).
 Q_MODELS = ("planner", "network")
@@ -15,27 +16,31 @@ Q_MODELS = ("planner", "network")
 class SVISettings:
     """Every setting of an SVI fit (one documented default set for all grids)."""
 
-    encoder_input: str = "state"  # what the encoder sees: state | state_action | transition
-    hidden: int = 64  # hidden width of the encoder and the Q-network
-    layers: int = 2  # hidden layers of both networks
-    learning_rate: float = 0.03  # AdamW step size at the start
-    lr_decay: float = 0.1  # learning rate at max_steps as a fraction of learning_rate (exponential schedule)
-    weight_decay: float = 0.0  # AdamW decoupled weight decay
-    clip_norm: float = 1.0  # gradient-norm clip, applied per parameter tensor (Pyro's clip_args)
-    batch_size: int = 256  # items of each feedback type per step (the paper grids' data sets fit whole)
-    max_steps: int = 200  # optimisation steps at most
-    eval_every: int = 20  # steps between validation passes
-    patience: int = 5  # validation passes without improvement before stopping
-    validation_fraction: float = 0.2  # share of each type's items held out for validation
-    num_particles: int = 1  # ELBO particles per step
-    kl_weight: float = 1.0  # scale on the reward prior/guide sites (1 = exact ELBO; see models.joint)
-    td_weight: float = 1.0  # scale on the Bellman-consistency sites
-    bellman_scale: float = 0.5  # std of the Bellman observation y ~ Normal(r, bellman_scale)
-    q_model: str = "planner"  # tabular envs: planner (exact Q*(r), the NUTS model) | network (MAVRL's Q-network)
-    q_horizon_scale: bool = False  # Q-network mode: multiply the Q-network's output by 1 / (1 - gamma)
-    bellman_target: str = "max"  # next-step value in the TD target: max (max_a' Q(s', a')) | data (Q(s', a'_data))
-    num_posterior_samples: int = 1000  # guide draws stored in posterior.nc
-    progress_bar: bool = True  # show a tqdm bar with the ELBO
+    encoder_input: str = option("state", "what the encoder sees: state | state_action | transition", ENCODER_INPUTS)
+    hidden: int = option(64, "hidden width of the encoder and the Q-network")
+    layers: int = option(2, "hidden layers of both networks")
+    learning_rate: float = option(0.03, "AdamW step size at the start")
+    lr_decay: float = option(0.1, "learning rate at max_steps as a fraction of learning_rate (exponential schedule)")
+    weight_decay: float = option(0.0, "AdamW decoupled weight decay")
+    clip_norm: float = option(1.0, "gradient-norm clip, applied per parameter tensor (Pyro's clip_args)")
+    batch_size: int = option(256, "items of each feedback type per step (the paper grids' data sets fit whole)")
+    max_steps: int = option(200, "optimisation steps at most")
+    eval_every: int = option(20, "steps between validation passes")
+    patience: int = option(5, "validation passes without improvement before stopping")
+    validation_fraction: float = option(0.2, "share of each type's items held out for validation")
+    num_particles: int = option(1, "ELBO particles per step")
+    kl_weight: float = option(1.0, "scale on the reward prior/guide sites (1 = exact ELBO; see models.joint)")
+    td_weight: float = option(1.0, "scale on the Bellman-consistency sites")
+    bellman_scale: float = option(0.5, "std of the Bellman observation y ~ Normal(r, bellman_scale)")
+    q_model: str = option(
+        "planner", "tabular envs: planner (exact Q*(r), the NUTS model) | network (MAVRL's Q-network)", Q_MODELS
+    )
+    q_horizon_scale: bool = option(False, "Q-network mode: multiply the Q-network's output by 1 / (1 - gamma)")
+    bellman_target: str = option(
+        "max", "next-step value in the TD target: max (max_a' Q(s', a')) | data (Q(s', a'_data))", BELLMAN_TARGETS
+    )
+    num_posterior_samples: int = option(1000, "guide draws stored in posterior.nc")
+    progress_bar: bool = option(True, "show a tqdm bar with the ELBO")
 
     def __post_init__(self) -> None:
         choices = {"encoder_input": ENCODER_INPUTS, "q_model": Q_MODELS, "bellman_target": BELLMAN_TARGETS}
