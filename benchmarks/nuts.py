@@ -148,8 +148,8 @@ def q_scheme_timings() -> list[dict]:
     import jax.numpy as jnp
     import numpy as np
 
-    from mavrl_ppl.baselines.mcmc import planning
     from mavrl_ppl.envs import make_tabular, value_iteration
+    from mavrl_ppl.planning import jax_backend as planning
 
     out = []
     for p_rand in (0.0, 0.2):
@@ -186,7 +186,7 @@ def q_scheme_timings() -> list[dict]:
 
 
 def _q_of_theta(theta, *, q_fn, dynamics, groups):
-    from mavrl_ppl.baselines.mcmc import planning
+    from mavrl_ppl.planning import jax_backend as planning
 
     return q_fn(planning.expected_reward(theta, dynamics, groups))
 

@@ -24,7 +24,7 @@ from mavrl_ppl.feedback.teachers import one_hot_features
 from mavrl_ppl.inference.data import CyclingBatches, split_items, take, to_tensors
 from mavrl_ppl.models.joint import BELLMAN_TARGETS, JointFeedbackModel, ModelWeights
 from mavrl_ppl.models.networks import ENCODER_INPUTS, transition_features
-from mavrl_ppl.models.planning import ExactPlanner
+from mavrl_ppl.planning.torch_backend import ExactPlanner
 
 #: How the likelihoods get action values on a tabular env (``SVISettings.q_model``).
 Q_MODELS = ("planner", "network")

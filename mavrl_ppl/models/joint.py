@@ -35,7 +35,7 @@ from torch.distributions import constraints
 
 from mavrl_ppl.feedback.base import FeedbackType, Latents, get_feedback_type
 from mavrl_ppl.models.networks import QNetwork, RewardEncoder, transition_features
-from mavrl_ppl.models.planning import ExactPlanner
+from mavrl_ppl.planning.torch_backend import ExactPlanner
 
 
 def weighted(weight: float):

@@ -16,6 +16,10 @@ evaluated exactly by one dense linear solve, or, when every move is deterministi
 doubling: ``V = sum_{t < 2^L} gamma^t r_pi(s_t)`` in ``L`` gather-and-add steps, with ``L`` chosen so that the
 truncated tail ``gamma^(2^L) |V|`` is below float64 round-off. ``benchmarks/RESULTS.md`` (NUTS section) records the
 measurements behind these choices.
+
+Everything here assumes JAX runs in float64, and importing this module does NOT switch it on (no process-wide side
+effect on import): the caller does, before :func:`make_dynamics` (``mavrl_ppl.baselines.mcmc`` does on import, through
+:func:`~mavrl_ppl.baselines.mcmc.devices.enable_x64`). Without it the arrays silently become float32.
 """
 
 from __future__ import annotations

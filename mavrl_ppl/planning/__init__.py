@@ -1,0 +1,1 @@
+"""Exact ``Q*`` of a tabular MDP, once per array library."""
