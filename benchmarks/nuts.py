@@ -148,8 +148,9 @@ def q_scheme_timings() -> list[dict]:
     import jax.numpy as jnp
     import numpy as np
 
-    from mavrl_ppl.envs import make_tabular, value_iteration
+    from mavrl_ppl.envs import make_tabular
     from mavrl_ppl.planning import jax_backend as planning
+    from mavrl_ppl.planning import value_iteration
 
     out = []
     for p_rand in (0.0, 0.2):

@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mavrl_ppl.envs import make_tabular, value_iteration
+from mavrl_ppl.envs import make_tabular
 from mavrl_ppl.planning import jax_backend as planning
+from mavrl_ppl.planning import value_iteration
 
 # (env, p_rand): deterministic grids use pointer doubling, p_rand > 0 the dense linear solve; the chain has
 # another action set and discount.
