@@ -19,7 +19,7 @@ truncated tail ``gamma^(2^L) |V|`` is below float64 round-off. ``benchmarks/RESU
 measurements behind these choices.
 
 Everything here assumes JAX runs in float64, and importing this module does NOT switch it on (no process-wide side
-effect on import): the caller does, before :func:`make_dynamics` (``mavrl_ppl.baselines.mcmc`` does on import, through
+effect on import): the caller does, before :func:`make_dynamics` (e.g. with
 :func:`~mavrl_ppl.baselines.mcmc.devices.enable_x64`). Without it the arrays silently become float32.
 """
 
