@@ -97,6 +97,10 @@ def q_star(
     :data:`SWITCH_TOL` ``* (1 + max |Q|)`` (that draw's scale). A draw is done when no state switches; its ``Q*`` is
     the action values of that last evaluation (exact to round-off).
 
+    Cost, measured on 1000 N(0, 1) draws of 10x10 grid_trap (p_rand 0 and 0.1), one OpenBLAS thread of a shared
+    2-core machine: 0.8-1.7 s, about half of it in the ``(S, S)`` solves; the 20 warm sweeps cut the solves from ~9 to
+    ~3.5 per draw (without them: 1.8-3.3 s).
+
     Args:
         transitions: ``(S, A, S)`` transition probabilities.
         reward_groups: ``(S, A, S)`` integer index of the group reward behind each transition.
