@@ -148,8 +148,12 @@ def q_scheme_timings() -> list[dict]:
     import jax.numpy as jnp
     import numpy as np
 
-    from mavrl_ppl.baselines.mcmc import planning
-    from mavrl_ppl.envs import make_tabular, value_iteration
+    from mavrl_ppl.baselines.mcmc.devices import enable_x64
+    from mavrl_ppl.envs import make_tabular
+    from mavrl_ppl.planning import jax_backend as planning
+    from mavrl_ppl.planning import value_iteration
+
+    enable_x64()  # nothing switches float64 on at import any more; the Q* timings need it
 
     out = []
     for p_rand in (0.0, 0.2):
@@ -186,7 +190,7 @@ def q_scheme_timings() -> list[dict]:
 
 
 def _q_of_theta(theta, *, q_fn, dynamics, groups):
-    from mavrl_ppl.baselines.mcmc import planning
+    from mavrl_ppl.planning import jax_backend as planning
 
     return q_fn(planning.expected_reward(theta, dynamics, groups))
 

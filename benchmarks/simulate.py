@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 from _common import RESULTS, fmt, machine, timed, write_section
 
-from mavrl_ppl.envs import make_tabular, value_iteration
+from mavrl_ppl.envs import make_tabular
 from mavrl_ppl.feedback import TabularTeacher, load_feedback, save_feedback, simulate_feedback
+from mavrl_ppl.planning import value_iteration
 
 SECTION = "## Simulation (issue 2)"
 GRIDS = ("grid_trap", "grid_cliff", "grid_sparse")

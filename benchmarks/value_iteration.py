@@ -22,7 +22,8 @@ import numpy as np
 from _common import RESULTS, fmt, machine, timed, write_section
 
 from mavrl_ppl.analysis import epic_distance, evaluate_reward, greedy_policy_for
-from mavrl_ppl.envs import make_tabular, policy_evaluation, uniform_policy, value_iteration
+from mavrl_ppl.envs import make_tabular, uniform_policy
+from mavrl_ppl.planning import policy_evaluation, value_iteration
 
 SECTION = "## Value iteration and metrics (issue 2)"
 

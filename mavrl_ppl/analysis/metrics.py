@@ -22,13 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from mavrl_ppl.envs.tabular import (
-    TabularMDP,
-    greedy_policy,
-    policy_evaluation,
-    uniform_policy,
-    value_iteration,
-)
+from mavrl_ppl.envs.tabular import TabularMDP, uniform_policy
+from mavrl_ppl.planning import greedy_policy, policy_evaluation, value_iteration
 
 __all__ = [
     "canonicalize_reward",

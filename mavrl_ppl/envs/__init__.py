@@ -1,4 +1,5 @@
-"""Tabular MDPs with exact dynamics, vectorised rollouts, and gymnasium adapters."""
+"""Tabular MDPs with exact dynamics, vectorised rollouts, and gymnasium adapters (their solvers:
+:mod:`mavrl_ppl.planning`)."""
 
 from mavrl_ppl.envs.grids import (
     GRID_ACTIONS,
@@ -11,16 +12,7 @@ from mavrl_ppl.envs.grids import (
     shape_rewards,
 )
 from mavrl_ppl.envs.rollouts import sample_paths
-from mavrl_ppl.envs.tabular import (
-    TabularMDP,
-    boltzmann_policy,
-    expected_reward,
-    greedy_policy,
-    policy_evaluation,
-    start_value,
-    uniform_policy,
-    value_iteration,
-)
+from mavrl_ppl.envs.tabular import TabularMDP, start_value, uniform_policy
 
 # The gymnasium adapter is loaded on first use: importing mavrl_ppl.envs (every solver, simulator, and the
 # CLI's --help) should not pay for importing gymnasium.
@@ -40,20 +32,15 @@ __all__ = [
     "TABULAR_ENVS",
     "TabularEnv",
     "TabularMDP",
-    "boltzmann_policy",
-    "expected_reward",
-    "greedy_policy",
     "grid_from_rewards",
     "make_chain",
     "make_grid",
     "make_tabular",
     "make_tabular_env",
     "manhattan_potential",
-    "policy_evaluation",
     "register_tabular_envs",
     "sample_paths",
     "shape_rewards",
     "start_value",
     "uniform_policy",
-    "value_iteration",
 ]

@@ -98,8 +98,9 @@ def normalized_score(name: str, mean_return: float) -> float:
     return 100.0 * (mean_return - spec.uniform_return) / (spec.optimal_return - spec.uniform_return)
 
 
-def boltzmann_policy(q_fn: Callable[[np.ndarray], np.ndarray] | None, beta: float, num_actions: int) -> Policy:
-    """``softmax(beta * Q(obs, .))`` sampled by Gumbel-max; ``beta = 0`` (or no ``q_fn``) is uniform random.
+def boltzmann_policy_fn(q_fn: Callable[[np.ndarray], np.ndarray] | None, beta: float, num_actions: int) -> Policy:
+    """The control-env :data:`Policy` that samples ``softmax(beta * Q(obs, .))`` by Gumbel-max; ``beta = 0`` (or no
+    ``q_fn``) is uniform random. (The tabular ``(S, A)`` softmax table is :func:`mavrl_ppl.planning.boltzmann_policy`.)
 
     Args:
         q_fn: ``(M, obs_dim) -> (M, A)`` action values.

@@ -1,4 +1,4 @@
-"""Exact tabular MDPs and the solvers that work on them (numpy, float64).
+"""Exact tabular MDPs (numpy, float64); their solvers live in :mod:`mavrl_ppl.planning`.
 
 A :class:`TabularMDP` carries the full dynamics ``P[s, a, s']`` and the true reward ``R[s, a, s']``. Rewards
 that are a function of a smaller set of parameters (one per state on the paper grids) also carry
@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from mavrl_ppl.planning import policy_evaluation
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,57 +83,6 @@ class TabularMDP:
         if group_rewards.shape[-1] != self.num_groups:
             raise ValueError(f"expected {self.num_groups} group rewards, got shape {group_rewards.shape}")
         return group_rewards[..., self.reward_groups]
-
-
-def expected_reward(transitions: np.ndarray, rewards: np.ndarray) -> np.ndarray:
-    """``r(s, a) = sum_s' P[s, a, s'] R[s, a, s']``."""
-    return np.einsum("sat,sat->sa", transitions, rewards)
-
-
-def value_iteration(
-    transitions: np.ndarray,
-    rewards: np.ndarray,
-    gamma: float,
-    *,
-    tol: float = 1e-10,
-    max_iter: int = 100_000,
-) -> np.ndarray:
-    """Optimal action values ``Q*[s, a]`` by hard-max value iteration.
-
-    Stops when the sup-norm change drops below ``tol * (1 - gamma) / gamma`` (so that ``Q`` is within ``tol``
-    of the fixed point) or after ``max_iter`` sweeps, whichever comes first; ``rewards`` may carry leading
-    batch dimensions.
-    """
-    r_sa = np.einsum("sat,...sat->...sa", transitions, rewards)
-    q = np.zeros_like(r_sa)
-    threshold = tol * (1.0 - gamma) / max(gamma, 1e-12)
-    for _ in range(max_iter):
-        q_new = r_sa + gamma * np.einsum("sat,...t->...sa", transitions, q.max(-1))
-        delta = np.max(np.abs(q_new - q))
-        q = q_new
-        if delta <= threshold:
-            break
-    return q
-
-
-def policy_evaluation(transitions: np.ndarray, rewards: np.ndarray, gamma: float, policy: np.ndarray) -> np.ndarray:
-    """Exact state values ``V^pi`` of a stochastic policy ``pi[s, a]`` by one linear solve."""
-    S = transitions.shape[0]
-    p_pi = np.einsum("sa,sat->st", policy, transitions)
-    r_pi = np.einsum("sa,sat,sat->s", policy, transitions, rewards)
-    return np.linalg.solve(np.eye(S) - gamma * p_pi, r_pi)
-
-
-def greedy_policy(q: np.ndarray) -> np.ndarray:
-    """Deterministic policy (one-hot rows) taking the first maximising action in each state."""
-    return np.eye(q.shape[-1])[np.argmax(q, axis=-1)]
-
-
-def boltzmann_policy(q: np.ndarray, beta: float) -> np.ndarray:
-    """``softmax(beta * Q)`` over actions; ``beta = 0`` gives the uniform policy."""
-    z = beta * (q - q.max(-1, keepdims=True))
-    p = np.exp(z)
-    return p / p.sum(-1, keepdims=True)
 
 
 def uniform_policy(mdp: TabularMDP) -> np.ndarray:

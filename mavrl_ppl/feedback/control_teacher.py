@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from mavrl_ppl.envs.control import (
-    boltzmann_policy,
+    boltzmann_policy_fn,
     control_spec,
     cut_segments,
     first_episodes,
@@ -103,7 +103,7 @@ class ControlTeacher:
         }
 
     def _policy(self, beta: float):
-        return boltzmann_policy(self.q_fn, beta, self.num_actions)
+        return boltzmann_policy_fn(self.q_fn, beta, self.num_actions)
 
     @staticmethod
     def _wrap(arrays: dict[str, np.ndarray]) -> ControlSegments:

@@ -11,7 +11,8 @@ from typing import Protocol
 import numpy as np
 
 from mavrl_ppl.envs.rollouts import sample_paths
-from mavrl_ppl.envs.tabular import TabularMDP, boltzmann_policy, value_iteration
+from mavrl_ppl.envs.tabular import TabularMDP
+from mavrl_ppl.planning import boltzmann_policy, value_iteration
 
 
 class Teacher(Protocol):

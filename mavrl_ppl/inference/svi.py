@@ -26,7 +26,7 @@ from mavrl_ppl.inference.settings import Q_MODELS, SVISettings
 from mavrl_ppl.inference.training import OnEvaluate, Trainer, TrainingDivergedError
 from mavrl_ppl.models.joint import JointFeedbackModel
 from mavrl_ppl.models.networks import transition_features
-from mavrl_ppl.models.planning import ExactPlanner
+from mavrl_ppl.planning.torch_backend import ExactPlanner
 
 __all__ = [
     "Q_MODELS",

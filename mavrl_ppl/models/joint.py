@@ -33,11 +33,11 @@ from torch.distributions import constraints
 
 from mavrl_ppl.feedback.base import FeedbackType, Latents, get_feedback_type
 from mavrl_ppl.models.networks import QNetwork, RewardEncoder, transition_features
-from mavrl_ppl.models.planning import ExactPlanner
 from mavrl_ppl.models.rewards import RewardAttachment, StepRewards, TiedRewards
 from mavrl_ppl.models.settings import BELLMAN_TARGETS, ModelSettings
 from mavrl_ppl.models.sites import FeedbackLikelihood, event_dims, weighted
 from mavrl_ppl.models.values import ActionValues, NetworkValues, PlannedValues
+from mavrl_ppl.planning.torch_backend import ExactPlanner
 
 __all__ = ["BELLMAN_TARGETS", "FeedbackLikelihood", "JointFeedbackModel", "ModelSettings", "weighted"]
 

@@ -22,10 +22,10 @@ import pyro.distributions as dist
 import torch
 
 from mavrl_ppl.models.networks import QNetwork
-from mavrl_ppl.models.planning import ExactPlanner
 from mavrl_ppl.models.rewards import TiedRewards
 from mavrl_ppl.models.settings import ModelSettings
 from mavrl_ppl.models.sites import weighted
+from mavrl_ppl.planning.torch_backend import ExactPlanner
 
 ValuesAt = Callable[[Mapping], torch.Tensor]
 

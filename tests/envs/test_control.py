@@ -8,7 +8,7 @@ import pytest
 from mavrl_ppl.envs.allocation import paper_allocation
 from mavrl_ppl.envs.control import (
     CONTROL_ENVS,
-    boltzmann_policy,
+    boltzmann_policy_fn,
     cut_segments,
     first_episodes,
     is_control_env,
@@ -40,7 +40,7 @@ def test_settings_and_normalisers():
 
 
 def test_stream_records_episode_ends_and_next_steps():
-    stream = rollout_stream("CartPole-v1", 3, 80, boltzmann_policy(None, 0.0, 2), np.random.default_rng(0))
+    stream = rollout_stream("CartPole-v1", 3, 80, boltzmann_policy_fn(None, 0.0, 2), np.random.default_rng(0))
     assert stream["obs"].shape == (3, 80, 4) and stream["action"].shape == (3, 80)
     ends = stream["terminated"] | stream["truncated"]
     assert stream["terminated"].any()  # random CartPole episodes last ~20 steps
@@ -56,7 +56,7 @@ def test_stream_records_episode_ends_and_next_steps():
 
 def test_cut_segments_continue_terminations_as_absorbing():
     rng = np.random.default_rng(1)
-    stream = rollout_stream("CartPole-v1", 4, 120, boltzmann_policy(None, 0.0, 2), rng)
+    stream = rollout_stream("CartPole-v1", 4, 120, boltzmann_policy_fn(None, 0.0, 2), rng)
     seg = cut_segments(stream, (50, 2), 32, 2, rng)
     assert seg["obs"].shape == (50, 2, 32, 4) and seg["valid"].shape == (50, 2, 32)
     assert seg["valid"][..., 0].all() and not seg["terminal"].any()
@@ -77,7 +77,7 @@ def test_cut_segments_continue_terminations_as_absorbing():
 
 def test_first_episodes_are_whole_padded_episodes():
     rng = np.random.default_rng(2)
-    stream = rollout_stream("CartPole-v1", 5, 500, boltzmann_policy(upright_q, 10.0, 2), rng, until_first_end=True)
+    stream = rollout_stream("CartPole-v1", 5, 500, boltzmann_policy_fn(upright_q, 10.0, 2), rng, until_first_end=True)
     demo = first_episodes(stream)
     lengths = demo["valid"].sum(-1)
     assert demo["valid"].shape[1] == lengths.max()

@@ -1,4 +1,5 @@
-"""Exact solvers, grid/chain builders and vectorised rollouts against hand-derived or published values."""
+"""Grid/chain builders, start values and vectorised rollouts against hand-derived or published values (the solvers
+themselves: tests/planning)."""
 
 from __future__ import annotations
 
@@ -6,19 +7,15 @@ import numpy as np
 import pytest
 
 from mavrl_ppl.envs import (
-    TabularMDP,
-    boltzmann_policy,
-    greedy_policy,
     grid_from_rewards,
     make_chain,
     make_grid,
     make_tabular,
-    policy_evaluation,
     sample_paths,
     start_value,
     uniform_policy,
-    value_iteration,
 )
+from mavrl_ppl.planning import greedy_policy, value_iteration
 
 RIGHT, UP, LEFT, DOWN, STAY = range(5)
 
@@ -30,23 +27,6 @@ NORMALISERS = {
 }
 
 
-def _mdp(transitions: np.ndarray, rewards: np.ndarray, gamma: float) -> TabularMDP:
-    """A bare TabularMDP with one reward group per transition, starting in state 0."""
-    S = transitions.shape[0]
-    initial = np.zeros(S)
-    initial[0] = 1.0
-    groups = np.arange(transitions.size).reshape(transitions.shape)
-    return TabularMDP(
-        name="tiny",
-        transitions=transitions,
-        rewards=rewards,
-        initial=initial,
-        gamma=gamma,
-        reward_groups=groups,
-        group_rewards=rewards.reshape(-1).copy(),
-    )
-
-
 @pytest.mark.parametrize("name", sorted(NORMALISERS))
 def test_normalisation_constants_match_reference(name: str) -> None:
     mdp = make_tabular(name)
@@ -55,29 +35,6 @@ def test_normalisation_constants_match_reference(name: str) -> None:
     # REFERENCE §2 states these to 1e-6 for a correct implementation; value iteration converges to 1e-10.
     assert start_value(mdp, greedy_policy(q)) == pytest.approx(v_opt_ref, abs=1e-6)
     assert start_value(mdp, uniform_policy(mdp)) == pytest.approx(v_unif_ref, abs=1e-6)
-
-
-def test_q_star_single_state_three_self_loops() -> None:
-    # One state, actions with rewards 1, 2, 3 that all loop back: V* = 3 / (1 - 0.9) = 30 and
-    # Q*(a) = r_a + 0.9 * 30 = 28, 29, 30.
-    transitions = np.ones((1, 3, 1))
-    rewards = np.array([1.0, 2.0, 3.0]).reshape(1, 3, 1)
-    mdp = _mdp(transitions, rewards, 0.9)
-    q = value_iteration(mdp.transitions, mdp.rewards, mdp.gamma)
-    # value_iteration stops within tol = 1e-10 of the fixed point.
-    np.testing.assert_allclose(q, [[28.0, 29.0, 30.0]], atol=1e-8)
-    np.testing.assert_array_equal(greedy_policy(q), [[0.0, 0.0, 1.0]])
-
-
-def test_q_star_two_state_cycle() -> None:
-    # 0 -> 1 -> 0 with one action; reward 1 for leaving state 0, 2 for leaving state 1.
-    # V0 = 1 + 0.9 V1, V1 = 2 + 0.9 V0  =>  V0 = 2.8 / 0.19 = 14.7368..., V1 = 2.9 / 0.19 = 15.2632...
-    transitions = np.array([[[0.0, 1.0]], [[1.0, 0.0]]])
-    rewards = np.array([[[1.0, 1.0]], [[2.0, 2.0]]])
-    mdp = _mdp(transitions, rewards, 0.9)
-    q = value_iteration(mdp.transitions, mdp.rewards, mdp.gamma)
-    np.testing.assert_allclose(q[:, 0], [2.8 / 0.19, 2.9 / 0.19], atol=1e-8)
-    np.testing.assert_allclose(q[:, 0], [14.7368, 15.2632], atol=1e-4)  # the brief's rounded values
 
 
 def test_p_rand_rows_on_a_corner_by_hand() -> None:
@@ -160,51 +117,6 @@ def test_chain() -> None:
     assert np.all(np.argmax(q[:-1], -1) == forward)
     with pytest.raises(ValueError):
         make_chain(1)
-
-
-def test_value_iteration_on_batched_rewards_equals_per_reward() -> None:
-    mdp = make_grid("trap", 5, p_rand=0.2)
-    rng = np.random.default_rng(0)
-    noise = rng.normal(size=(3, *mdp.rewards.shape))
-    batch = np.stack([mdp.rewards, *noise]).reshape(2, 2, *mdp.rewards.shape)
-    q_batch = value_iteration(mdp.transitions, batch, mdp.gamma)
-    assert q_batch.shape == (2, 2, 25, 5)
-    for i in range(2):
-        for j in range(2):
-            q_one = value_iteration(mdp.transitions, batch[i, j], mdp.gamma)
-            # Each result is within tol = 1e-10 of its own fixed point (the batch just iterates longer).
-            np.testing.assert_allclose(q_batch[i, j], q_one, atol=1e-8)
-
-
-def test_value_iteration_fixed_point() -> None:
-    mdp = make_grid("cliff", 6, p_rand=0.1)
-    q = value_iteration(mdp.transitions, mdp.rewards, mdp.gamma)
-    backup = np.einsum("sat,sat->sa", mdp.transitions, mdp.rewards + mdp.gamma * q.max(-1)[None, None, :])
-    np.testing.assert_allclose(q, backup, atol=1e-9)
-
-
-def test_policy_evaluation_agrees_with_iterative_evaluation() -> None:
-    mdp = make_grid("cliff", 6, p_rand=0.2)
-    rng = np.random.default_rng(1)
-    policy = rng.dirichlet(np.ones(5), size=mdp.num_states)
-    v_exact = policy_evaluation(mdp.transitions, mdp.rewards, mdp.gamma, policy)
-    # Independent iterative evaluation: 2000 sweeps contract the error by 0.95^2000 ~ 1e-45.
-    p_pi = np.einsum("sa,sat->st", policy, mdp.transitions)
-    r_pi = np.einsum("sa,sat,sat->s", policy, mdp.transitions, mdp.rewards)
-    v = np.zeros(mdp.num_states)
-    for _ in range(2000):
-        v = r_pi + mdp.gamma * p_pi @ v
-    np.testing.assert_allclose(v_exact, v, atol=1e-9)
-
-
-def test_boltzmann_policy() -> None:
-    q = np.random.default_rng(2).normal(size=(7, 5))
-    np.testing.assert_allclose(boltzmann_policy(q, 0.0), np.full((7, 5), 0.2), atol=1e-15)
-    p = boltzmann_policy(q, 2.0)
-    np.testing.assert_allclose(p.sum(-1), 1.0)
-    np.testing.assert_allclose(p, np.exp(2 * q) / np.exp(2 * q).sum(-1, keepdims=True), rtol=1e-12)
-    # A very large beta is the greedy policy, with no overflow.
-    np.testing.assert_allclose(boltzmann_policy(q, 1e6), greedy_policy(q), atol=1e-12)
 
 
 def test_sample_paths_frequencies_match_dynamics_and_policy() -> None:

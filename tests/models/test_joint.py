@@ -18,7 +18,7 @@ from mavrl_ppl.feedback.data import simulate_feedback
 from mavrl_ppl.feedback.teachers import one_hot_features
 from mavrl_ppl.inference.data import take, to_tensors
 from mavrl_ppl.models import JointFeedbackModel, ModelSettings
-from mavrl_ppl.models.planning import ExactPlanner
+from mavrl_ppl.planning.torch_backend import ExactPlanner
 
 COUNTS = {"pref": 6, "demo": 1, "rating": 5, "stop": 4}
 TYPES = tuple(COUNTS)

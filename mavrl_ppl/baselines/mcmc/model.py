@@ -12,7 +12,7 @@ Sites:
   joint density (so NUTS sees exactly ``sum log p``), and ``numpyro.infer.log_likelihood`` returns the per-item values
   for ArviZ's ``log_likelihood`` group (LOO / WAIC) without a second copy of the likelihood.
 
-``Q*`` comes from :func:`~mavrl_ppl.baselines.mcmc.planning.q_star_exact` (exact, differentiable) or a fixed number of
+``Q*`` comes from :func:`~mavrl_ppl.planning.jax_backend.q_star_exact` (exact, differentiable) or a fixed number of
 value-iteration sweeps. Every registered type's ``log_likelihood`` is called unchanged, on JAX arrays; the model loops
 over the types present and hands each the latents its ``needs`` names: no per-type code here.
 """
@@ -28,7 +28,9 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
-from mavrl_ppl.baselines.mcmc.planning import (
+from mavrl_ppl.envs.tabular import TabularMDP
+from mavrl_ppl.feedback.base import FeedbackType, Latents, Nuisance, batch_from_dataset, get_feedback_type
+from mavrl_ppl.planning.jax_backend import (
     expected_reward,
     make_dynamics,
     q_star_exact,
@@ -36,8 +38,6 @@ from mavrl_ppl.baselines.mcmc.planning import (
     successor_groups,
     sweeps_for_tolerance,
 )
-from mavrl_ppl.envs.tabular import TabularMDP
-from mavrl_ppl.feedback.base import FeedbackType, Latents, Nuisance, batch_from_dataset, get_feedback_type
 
 #: The value-iteration schemes for Q* inside the model.
 Q_METHODS = ("exact", "sweeps")
@@ -143,7 +143,7 @@ def make_model(
         mdp: the tabular MDP (its dynamics, discount and ``reward_groups``; its true reward is not used).
         feedback: type name -> ``xarray.Dataset`` with tabular segments (``state``, ``action``, ``next_state``,
             ``valid`` ...); every type must be registered.
-        q_method: ``"exact"`` or ``"sweeps"`` (see :mod:`~mavrl_ppl.baselines.mcmc.planning`).
+        q_method: ``"exact"`` or ``"sweeps"`` (see :mod:`~mavrl_ppl.planning.jax_backend`).
         sweep_tol: ``"sweeps"`` only: target sup-norm error of ``Q*`` ...
         sweep_reward_bound: ... for rewards with ``|r| <= sweep_reward_bound`` (5 sd of the prior).
 

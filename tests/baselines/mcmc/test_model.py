@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 
 from mavrl_ppl.baselines.mcmc import enable_x64, make_model
-from mavrl_ppl.envs import make_tabular, value_iteration
+from mavrl_ppl.envs import make_tabular
 from mavrl_ppl.feedback import (
     FeedbackType,
     Latents,
@@ -21,6 +21,7 @@ from mavrl_ppl.feedback import (
     unregister,
 )
 from mavrl_ppl.feedback.ops import masked_mean
+from mavrl_ppl.planning import value_iteration
 
 jax = pytest.importorskip("jax")
 numpyro = pytest.importorskip("numpyro")

@@ -9,18 +9,24 @@ Two schemes, both usable inside a NumPyro model:
   policy iteration on ``stop_gradient(reward)`` (a ``lax.while_loop``, which JAX cannot reverse-differentiate but need
   not here), then evaluate that policy once more, differentiably. The value is exact (to round-off) and so is the
   gradient wherever the optimal policy is unique (almost everywhere); at ties it is the gradient of one optimal
-  policy's linear piece.
+  policy's linear piece. :func:`make_q_star` wraps it as a function of the group rewards (the
+  :mod:`mavrl_ppl.planning` contract).
 
 Dynamics are held sparse (:class:`Dynamics`: the successors of each ``(s, a)`` and their probabilities). A policy is
 evaluated exactly by one dense linear solve, or, when every move is deterministic (the paper grids), by pointer
 doubling: ``V = sum_{t < 2^L} gamma^t r_pi(s_t)`` in ``L`` gather-and-add steps, with ``L`` chosen so that the
 truncated tail ``gamma^(2^L) |V|`` is below float64 round-off. ``benchmarks/RESULTS.md`` (NUTS section) records the
 measurements behind these choices.
+
+Everything here assumes JAX runs in float64, and importing this module does NOT switch it on (no process-wide side
+effect on import): the caller does, before :func:`make_dynamics` (e.g. with
+:func:`~mavrl_ppl.baselines.mcmc.devices.enable_x64`). Without it the arrays silently become float32.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -28,12 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-#: Policy iteration keeps the current action unless another beats it by more than this (relative to the value
-#: scale): floating-point ties then cannot make it cycle between equally good policies.
-SWITCH_TOL = 1e-12
-
-#: Value-iteration sweeps (cheap, forward only) before policy iteration starts from their greedy policy.
-WARM_SWEEPS = 20
+from mavrl_ppl.planning.numpy_backend import SWITCH_TOL, WARM_SWEEPS, sparse_transitions
 
 
 class Dynamics(NamedTuple):
@@ -55,12 +56,10 @@ class Dynamics(NamedTuple):
 
 
 def make_dynamics(transitions: np.ndarray) -> Dynamics:
-    """The sparse form of ``P[s, a, s']`` (numpy in, JAX arrays out)."""
+    """The sparse form of ``P[s, a, s']`` (numpy in, JAX arrays out; see
+    :func:`~mavrl_ppl.planning.numpy_backend.sparse_transitions`)."""
     transitions = np.asarray(transitions, dtype=np.float64)
-    width = max(1, int((transitions > 0).sum(-1).max()))
-    # The `width` largest entries of each row hold all of its mass; a stable sort keeps ties in state order.
-    order = np.argsort(-transitions, axis=-1, kind="stable")[..., :width]
-    probs = np.take_along_axis(transitions, order, axis=-1)
+    order, probs = sparse_transitions(transitions)
     return Dynamics(jnp.asarray(order), jnp.asarray(probs), jnp.asarray(transitions))
 
 
@@ -189,3 +188,26 @@ def q_star_exact(r_sa, dynamics: Dynamics, gamma: float, warm_sweeps: int = WARM
     policy, _ = optimal_policy(lax.stop_gradient(r_sa), dynamics, gamma, warm_sweeps)
     policy = lax.stop_gradient(policy)
     return bellman_backup(r_sa, dynamics, gamma, policy_values(r_sa, dynamics, gamma, policy))
+
+
+def make_q_star(transitions: np.ndarray, reward_groups: np.ndarray, gamma: float) -> Callable[[jax.Array], jax.Array]:
+    """The :mod:`mavrl_ppl.planning` contract in JAX: ``group_rewards (G,) -> Q* (S, A)`` by :func:`q_star_exact`.
+
+    The returned function can be traced (``jax.jit``, ``jax.grad``; ``jax.vmap`` for a batch of reward vectors).
+    Float64 must be on before this is called (see the module docstring).
+
+    Args:
+        transitions: ``(S, A, S)`` transition probabilities.
+        reward_groups: ``(S, A, S)`` integer index of the group reward behind each transition.
+        gamma: discount in [0, 1).
+    """
+    dynamics = make_dynamics(transitions)
+    groups = successor_groups(dynamics, reward_groups)
+    num_groups = int(np.asarray(reward_groups).max()) + 1
+
+    def q_star(group_rewards: jax.Array) -> jax.Array:
+        if group_rewards.shape != (num_groups,):
+            raise ValueError(f"expected {num_groups} group rewards, got shape {tuple(group_rewards.shape)}")
+        return q_star_exact(expected_reward(group_rewards, dynamics, groups), dynamics, gamma)
+
+    return q_star

@@ -1,15 +1,16 @@
-"""Q* inside the NUTS model: exact against numpy value iteration, and its gradient against finite differences."""
+"""Q* in JAX (the NUTS model's planner): exact against numpy value iteration, its gradient against finite
+differences."""
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mavrl_ppl.baselines.mcmc import enable_x64, planning
-from mavrl_ppl.envs import make_tabular, value_iteration
-
-jax = pytest.importorskip("jax")
-jnp = jax.numpy
+from mavrl_ppl.envs import make_tabular
+from mavrl_ppl.planning import jax_backend as planning
+from mavrl_ppl.planning import value_iteration
 
 # (env, p_rand): deterministic grids use pointer doubling, p_rand > 0 the dense linear solve; the chain has
 # another action set and discount.
@@ -17,8 +18,8 @@ CASES = [("grid_trap", 0.0), ("grid_cliff", 0.0), ("grid_trap", 0.2), ("grid_spa
 
 
 @pytest.fixture(autouse=True)
-def x64():
-    enable_x64()
+def _x64(x64):
+    """Every test here runs JAX in float64."""
 
 
 def setup(env: str, p_rand: float, size: int | None = None):

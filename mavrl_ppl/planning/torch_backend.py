@@ -12,9 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-#: Policy iteration switches an action only if another beats it by more than this (relative to the value scale), so
-#: floating-point ties cannot make it cycle between equally good policies.
-SWITCH_TOL = 1e-12
+from mavrl_ppl.planning.numpy_backend import SWITCH_TOL
 
 
 class ExactPlanner:

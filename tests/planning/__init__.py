@@ -1,0 +1,1 @@
+"""Tests of the Q* solvers (numpy, torch, JAX) and their agreement."""
