@@ -342,6 +342,18 @@ def check_same_data_and_env(run_a: Mapping[str, Any], run_b: Mapping[str, Any]) 
                                f"{dir_a / 'posterior.nc'}")
 
 
+class UnconvergedReferenceError(RunMismatchError):
+    """The reference posterior is a NUTS run whose own convergence checks failed."""
+
+
+def _verdict(run: Mapping[str, Any]) -> str:
+    """A NUTS run's recorded verdict in words, e.g. ``converged (R-hat max 1.004, 0 divergences)``."""
+    m = run["metrics"]
+    word = "converged" if m.get("converged", False) else "NOT converged"
+    return (f"{word}: R-hat max {float(m.get('rhat_max', np.nan)):.3f}, bulk ESS min "
+            f"{float(m.get('ess_bulk_min', np.nan)):.0f}, {m.get('divergences', '?')} divergences")
+
+
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -353,7 +365,7 @@ def _inference(run: Mapping[str, Any]) -> str:
 
 
 def compare_runs(run_a: str | Path | Mapping[str, Any], run_b: str | Path | Mapping[str, Any], *,
-                 prob: float = 0.9) -> xr.Dataset:
+                 prob: float = 0.9, allow_unconverged: bool = False) -> xr.Dataset:
     """:func:`compare_posteriors` of two run directories, plus their scores, EPIC and fit times.
 
     The reference posterior (unit of ``abs_diff_sd``) is the NUTS run when exactly one of the two is NUTS, else B.
@@ -362,15 +374,23 @@ def compare_runs(run_a: str | Path | Mapping[str, Any], run_b: str | Path | Mapp
         run_a: run directory (or a :func:`load_run` result) A.
         run_b: run directory (or a :func:`load_run` result) B.
         prob: central-interval mass for coverage.
+        allow_unconverged: compare against a NUTS reference whose own checks failed (its verdict is recorded in the
+            result either way).
 
     Raises:
         RunMismatchError: a file is missing, or the runs differ in data or env.
+        UnconvergedReferenceError: the reference is a NUTS run that did not converge and ``allow_unconverged`` is
+            false.
     """
     a = run_a if isinstance(run_a, Mapping) else load_run(run_a)
     b = run_b if isinstance(run_b, Mapping) else load_run(run_b)
     check_same_data_and_env(a, b)
     kinds = (_inference(a), _inference(b))
     reference: Literal["a", "b"] = "a" if kinds[0] == "nuts" and kinds[1] != "nuts" else "b"
+    ref = a if reference == "a" else b
+    if kinds[reference == "b"] == "nuts" and not ref["metrics"].get("converged", False) and not allow_unconverged:
+        raise UnconvergedReferenceError(f"{ref['dir']}: the NUTS reference did not converge ({_verdict(ref)}); pass "
+                                        "--allow-unconverged to compare against it anyway")
     labels = [f"{k.upper()} ({Path(r['dir']).name})" for k, r in zip(kinds, (a, b), strict=True)]
     if labels[0] == labels[1]:
         labels = [f"A: {labels[0]}", f"B: {labels[1]}"]
@@ -378,6 +398,7 @@ def compare_runs(run_a: str | Path | Mapping[str, Any], run_b: str | Path | Mapp
     for key in METRIC_KEYS:
         ds[key] = ("run", [float(r["metrics"].get(key, np.nan)) for r in (a, b)])
     ds["inference"] = ("run", list(kinds))
+    ds["nuts_verdict"] = ("run", [_verdict(r) if k == "nuts" else "" for k, r in zip(kinds, (a, b), strict=True)])
     ds.attrs.update(run_a=str(a["dir"]), run_b=str(b["dir"]), same_data=int(a["feedback_digest"] is not None
                     and a["feedback_digest"] == b["feedback_digest"]))
     if a["feedback_digest"] is not None:
@@ -406,7 +427,7 @@ def summary_dict(ds: xr.Dataset) -> dict[str, Any]:
     out: dict[str, Any] = {"runs": [str(r) for r in ds["run"].values], "prob": ds.attrs.get("prob"),
                            "reference": ds.attrs.get("reference")}
     out.update({k: float(ds[k]) for k in SUMMARY_KEYS})
-    for key in (*METRIC_KEYS, "inference"):
+    for key in (*METRIC_KEYS, "inference", "nuts_verdict"):
         if key in ds:
             out[key] = [v.item() if hasattr(v, "item") else v for v in ds[key].values]
     for key in ("run_a", "run_b", "env", "feedback_sha256"):
@@ -432,6 +453,9 @@ def to_markdown(ds: xr.Dataset) -> str:
              f"| coverage: A means inside B's {pct}% interval | {float(ds['coverage_a_in_b']):.3f} |",
              f"| Wasserstein-1 per parameter: mean | {float(ds['wasserstein_mean']):.4f} |",
              f"| Wasserstein-1 per parameter: max | {float(ds['wasserstein_max']):.4f} |"]
+    for name, verdict in zip(ds["run"].values, ds["nuts_verdict"].values if "nuts_verdict" in ds else (), strict=False):
+        if verdict:
+            lines += ["", f"NUTS run {name}: {verdict}."]
     if all(k in ds for k in METRIC_KEYS):
         lines += ["", "| run | normalised score | EPIC | fit seconds |", "|---|---|---|---|"]
         for i, name in enumerate(ds["run"].values):
@@ -480,6 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None,
                    help="output directory (default compare_<A>_vs_<B> in the current directory)")
     p.add_argument("--prob", type=float, default=0.9, help="central interval mass for coverage (default 0.9)")
+    p.add_argument("--allow-unconverged", action="store_true",
+                   help="compare against a NUTS reference whose convergence checks failed")
     return p
 
 
@@ -490,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --prob must lie in (0, 1), got {args.prob}", file=sys.stderr)
         return 2
     try:
-        ds = compare_runs(args.run_a, args.run_b, prob=args.prob)
+        ds = compare_runs(args.run_a, args.run_b, prob=args.prob, allow_unconverged=args.allow_unconverged)
     except RunMismatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

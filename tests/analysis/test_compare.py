@@ -138,11 +138,14 @@ def test_feedback_digest_depends_on_content_not_on_the_file(tmp_path: Path) -> N
     assert feedback_digest(changed) != feedback_digest(feedback)
 
 
+NUTS_OK = {"converged": True, "rhat_max": 1.004, "ess_bulk_min": 900.0, "divergences": 0}
+
+
 def _two_runs(tmp_path: Path, shift: float = 0.5) -> tuple[Path, Path, np.ndarray]:
     draws = np.random.default_rng(6).normal(size=(1, 200, SIZE * SIZE))
     a = write_run(tmp_path / "svi_run", draws, small_feedback(), inference="svi", metrics={"normalized_score": 70.0})
     b = write_run(tmp_path / "nuts_run", draws.reshape(2, 100, -1) + shift, small_feedback(), inference="nuts",
-                  metrics={"normalized_score": 90.0, "epic": 0.25})
+                  metrics={"normalized_score": 90.0, "epic": 0.25, **NUTS_OK})
     return a, b, draws
 
 
@@ -208,3 +211,20 @@ def test_module_entry_point_exits_2_with_one_line(tmp_path: Path) -> None:
                              str(tmp_path / "nope2")], capture_output=True, text=True, check=False, timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {tmp_path / 'nope' / 'posterior.nc'}: no such file"
+
+
+def test_an_unconverged_nuts_reference_is_refused_unless_accepted(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    draws = np.random.default_rng(6).normal(size=(1, 200, SIZE * SIZE))
+    a = write_run(tmp_path / "svi_run", draws, small_feedback(), inference="svi")
+    bad = {"converged": False, "rhat_max": 1.2, "ess_bulk_min": 50.0, "divergences": 7}
+    b = write_run(tmp_path / "nuts_run", draws.reshape(2, 100, -1), small_feedback(), inference="nuts", metrics=bad)
+    assert main([str(a), str(b), "--out", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "did not converge" in err and "R-hat max 1.200" in err
+    assert "--allow-unconverged" in err
+    assert not (tmp_path / "cmp").exists()
+    assert main([str(a), str(b), "--out", str(tmp_path / "cmp"), "--allow-unconverged"]) == 0
+    assert "NOT converged: R-hat max 1.200, bulk ESS min 50, 7 divergences" in capsys.readouterr().out
+    ok = write_run(tmp_path / "nuts_ok", draws.reshape(2, 100, -1), small_feedback(), inference="nuts", metrics=NUTS_OK)
+    assert "converged: R-hat max 1.004" in str(compare_runs(a, ok)["nuts_verdict"].values[1])

@@ -76,13 +76,15 @@ def test_ppo_learns_the_learned_reward_not_the_true_one():
 
 
 def test_cartpole_command_end_to_end(tmp_path):
+    """From the installed package (run outside the source tree) with the progress bars ON: SB3's PPO bar needs rich,
+    which the README's install must bring (a fresh install once failed here with an ImportError)."""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "mavrl_ppl.fit", "--env", "CartPole-v1", "--feedback",
            "pref=16,demo=1,rating=16,stop=16", "--max-steps", "20", "--eval-every", "10",
-           "--ppo-timesteps", "2000", "--eval-episodes", "5", "--num-posterior-samples", "50", "--quiet",
+           "--ppo-timesteps", "2000", "--eval-episodes", "5", "--num-posterior-samples", "50",
            "--out", str(out)]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("mean_return", "normalized_score", "ppo_timesteps", "simulate_seconds", "fit_seconds",
