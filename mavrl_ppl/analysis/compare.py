@@ -46,7 +46,7 @@ __all__ = [
     "compare_posteriors",
     "compare_runs",
     "feedback_digest",
-    "load_run",
+    "read_run_files",
     "wasserstein_1d",
 ]
 
@@ -254,7 +254,7 @@ def _arviz() -> Any:
     return arviz
 
 
-def load_run(run_dir: str | Path, *, require: Sequence[str] = RUN_FILES) -> dict[str, Any]:
+def read_run_files(run_dir: str | Path, *, require: Sequence[str] = RUN_FILES) -> dict[str, Any]:
     """Read a run directory written by ``python -m mavrl_ppl.fit`` into memory.
 
     Args:
@@ -318,7 +318,7 @@ def check_same_data_and_env(run_a: Mapping[str, Any], run_b: Mapping[str, Any]) 
     """Refuse to compare runs fitted to different feedback data or on different envs.
 
     Args:
-        run_a: a run as :func:`load_run` returns it.
+        run_a: a run as :func:`read_run_files` returns it.
         run_b: the other run.
 
     Raises:
@@ -371,8 +371,8 @@ def compare_runs(run_a: str | Path | Mapping[str, Any], run_b: str | Path | Mapp
     The reference posterior (unit of ``abs_diff_sd``) is the NUTS run when exactly one of the two is NUTS, else B.
 
     Args:
-        run_a: run directory (or a :func:`load_run` result) A.
-        run_b: run directory (or a :func:`load_run` result) B.
+        run_a: run directory (or a :func:`read_run_files` result) A.
+        run_b: run directory (or a :func:`read_run_files` result) B.
         prob: central-interval mass for coverage.
         allow_unconverged: compare against a NUTS reference whose own checks failed (its verdict is recorded in the
             result either way).
@@ -382,8 +382,8 @@ def compare_runs(run_a: str | Path | Mapping[str, Any], run_b: str | Path | Mapp
         UnconvergedReferenceError: the reference is a NUTS run that did not converge and ``allow_unconverged`` is
             false.
     """
-    a = run_a if isinstance(run_a, Mapping) else load_run(run_a)
-    b = run_b if isinstance(run_b, Mapping) else load_run(run_b)
+    a = run_a if isinstance(run_a, Mapping) else read_run_files(run_a)
+    b = run_b if isinstance(run_b, Mapping) else read_run_files(run_b)
     check_same_data_and_env(a, b)
     kinds = (_inference(a), _inference(b))
     reference: Literal["a", "b"] = "a" if kinds[0] == "nuts" and kinds[1] != "nuts" else "b"
