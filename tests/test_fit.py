@@ -195,3 +195,21 @@ def test_argument_errors_are_one_line_and_help_describes_every_setting():
                 flag = f"--{f.name.replace('_', '-')}"
                 assert flag in text and f.metadata.get("help"), f.name
     assert "{planner,network}" in text and "CartPole-v1" in text and "grid_cliff" in text
+
+
+def test_an_accepted_unconverged_run_is_a_warning_and_a_refused_one_an_error(capsys, tmp_path):
+    from mavrl_ppl.fit import report
+    from mavrl_ppl.runs import RunResult
+
+    metrics = {"inference": "nuts", "env": "grid_trap", "seed": 0, "rhat_max": 1.03, "ess_bulk_min": 120.0,
+               "divergences": 4, "rhat_lp": 1.002, "lp_chain_means": [-10.0, -10.1]}
+    result = RunResult(tmp_path, metrics, converged=False)
+    assert report(result, allow_unconverged=True) == 0
+    err = capsys.readouterr().err
+    assert "warning: NUTS did not converge (R-hat max 1.0300" in err and "4 divergences" in err
+    assert "error" not in err and "Pass --allow-unconverged" not in err
+    assert report(result, allow_unconverged=False) == 1
+    err = capsys.readouterr().err
+    assert "error: NUTS did not converge" in err and "Pass --allow-unconverged to accept" in err
+    assert report(RunResult(tmp_path, metrics, converged=True), allow_unconverged=False) == 0
+    assert "NUTS" not in capsys.readouterr().err

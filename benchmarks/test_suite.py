@@ -1,0 +1,73 @@
+"""The default test suite's wall time and peak memory (issue 18: under 4 minutes and 1.5 GB on an idle 2-core machine).
+
+Runs ``python -m pytest -q -p no:cacheprovider`` (the README's ``pytest``, default markers) ``--repeats`` times from the
+repository root, each in a fresh process, and records per run the wall time, the pytest process's own peak resident
+memory and the largest peak of any process it started (fits run as subprocesses in the CLI tests), plus the slowest
+tests of the last run. Usage: ``python benchmarks/test_suite.py [--repeats 1] [--no-write]``. Quote it only from an
+idle machine: the load average before and after each run is recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import machine, write_section
+
+ROOT = Path(__file__).resolve().parents[1]
+HEADER = "## Default test suite: time and peak memory (issue 18)"
+#: pytest runs in the probe's own process, so RUSAGE_SELF is the pytest process's peak and RUSAGE_CHILDREN the largest
+#: peak of any process the suite started and waited for (the CLI tests' fits).
+PROBE = ("import resource, sys, pytest\n"
+         "code = pytest.main(['-q', '-p', 'no:cacheprovider', '--durations=8'])\n"
+         "print('PEAK_SELF_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+         "print('PEAK_CHILD_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+         "sys.exit(int(code))\n")
+
+
+def one_run() -> dict:
+    load_before = os.getloadavg()[0]
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    lines = done.stdout.strip().splitlines()
+    peak = {x.split()[0]: int(x.split()[1]) for x in lines if x.startswith("PEAK_")}
+    summary = next((x for x in reversed(lines) if " passed" in x or " failed" in x), "?")
+    slowest = [x for x in lines if x.strip() and x.split()[0].endswith("s") and " call " in x][:8]
+    return {"wall": wall, "exit": done.returncode, "summary": summary.strip("= "),
+            "peak_pytest_mb": peak["PEAK_SELF_KB"] / 1024, "peak_any_child_mb": peak["PEAK_CHILD_KB"] / 1024,
+            "load_before": load_before, "load_after": os.getloadavg()[0], "slowest": slowest}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=1, help="suite runs (each several minutes)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    args = parser.parse_args(argv)
+    info = machine()
+    runs = []
+    for _ in range(args.repeats):
+        runs.append(one_run())
+        print({k: v for k, v in runs[-1].items() if k != "slowest"}, flush=True)
+    walls = sorted(r["wall"] for r in runs)
+    lines = [HEADER, "", f"Command: `python benchmarks/test_suite.py --repeats {args.repeats}` (runs `pytest` as the "
+             f"README does). Machine: {info['nproc']} cores, {info['cpu']}, Python {info['python']}.", "",
+             "| run | result | wall (s) | pytest peak RSS (MB) | largest child peak RSS (MB) | load before / after |",
+             "|---|---|---|---|---|---|"]
+    for i, r in enumerate(runs):
+        lines.append(f"| {i + 1} | {r['summary']} | {r['wall']:.0f} | {r['peak_pytest_mb']:.0f} | "
+                     f"{r['peak_any_child_mb']:.0f} | {r['load_before']:.2f} / {r['load_after']:.2f} |")
+    lines += ["", f"Median wall time {walls[len(walls) // 2]:.0f} s (target < 240 s); peaks are maxima of single "
+              "processes (target < 1.5 GB).", "", "Slowest tests of the last run:", "", "```",
+              *runs[-1]["slowest"], "```"]
+    if not args.no_write:
+        write_section("\n".join(lines), HEADER)
+    return 0 if all(r["exit"] == 0 for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
