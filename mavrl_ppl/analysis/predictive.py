@@ -293,7 +293,9 @@ class _Term:
             if not np.allclose(steps.sum(-1), log_lik, rtol=0.0, atol=SUM_TOLERANCE):
                 self.skipped = "its likelihood does not factorise over steps (the per-step terms do not add up)"
                 return
-        cumulative = np.cumsum(np.exp(logp - _logsumexp(logp)), axis=0)  # (K, draw, unit)
+        norm = _logsumexp(logp)
+        norm = np.where(np.isfinite(norm), norm, 0.0)  # units without a candidate (padded steps): drawn, then replaced
+        cumulative = np.cumsum(np.exp(logp - norm), axis=0)  # (K, draw, unit)
         u = self.rng.random(cumulative.shape[1:])
         choice = np.minimum((cumulative < u * cumulative[-1]).sum(axis=0), len(space.values) - 1)
         drawn = space.values[choice]  # (draw, unit, *event)
