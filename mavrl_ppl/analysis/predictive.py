@@ -36,11 +36,14 @@ Whatever the rule gives is checked: the probabilities of the candidate labels mu
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import itertools
 import math
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -219,6 +222,49 @@ def _one_step_items(dataset: xr.Dataset) -> xr.Dataset:
     return xr.Dataset(out, attrs=dataset.attrs)
 
 
+@functools.cache
+def _numpy_openblas() -> tuple | None:
+    """``(get_num_threads, set_num_threads)`` of the OpenBLAS that numpy's wheels bundle (``numpy.libs``), found
+    among the libraries this process has loaded (Linux); ``None`` where there is none (another BLAS, another OS)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = sorted({line.split()[-1] for line in maps if "openblas" in line.lower() and "numpy" in line})
+    except OSError:
+        return None
+    for path in paths:
+        try:
+            library = ctypes.CDLL(path)  # already loaded by numpy: the same instance
+        except OSError:
+            continue
+        for prefix, suffix in itertools.product(("scipy_openblas", "openblas"), ("64_", "")):
+            get = getattr(library, f"{prefix}_get_num_threads{suffix}", None)
+            set_ = getattr(library, f"{prefix}_set_num_threads{suffix}", None)
+            if get is not None and set_ is not None:
+                set_.argtypes = [ctypes.c_int]
+                return get, set_
+    return None
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """numpy's OpenBLAS on one thread inside the block (then as before).
+
+    ``Q*`` of a chunk of draws is a batch of small (100 x 100) LU solves: one thread does them as fast as two on an
+    idle machine, and on a busy one OpenBLAS's spinning threads made them 10-20x slower (measured on the shared
+    2-core machine, 1000 draws of 10x10 grid_trap: 36 s with two threads, 1.6 s with one)."""
+    blas = _numpy_openblas()
+    if blas is None:
+        yield
+        return
+    get, set_ = blas
+    before = int(get())
+    set_(1)
+    try:
+        yield
+    finally:
+        set_(before)
+
+
 def _logsumexp(values: np.ndarray) -> np.ndarray:
     top = values.max(axis=0)
     top = np.where(np.isfinite(top), top, 0.0)
@@ -339,11 +385,12 @@ def evaluate_feedback(
     needs_q = any("q" in term.ft.needs for term in terms)
     per_draw = max([term.elements_per_draw(mdp.num_actions) for term in terms], default=1)
     chunk = max(1, ELEMENT_BUDGET // per_draw)
-    for first in range(0, len(theta), chunk):
-        part = slice(first, first + chunk)
-        q = q_star(mdp.transitions, groups, mdp.gamma, theta[part]) if needs_q else None
-        for term in terms:
-            term.update(theta[part], q, {site: v[part] for site, v in flat.items()}, log_likelihood)
+    with _one_blas_thread():
+        for first in range(0, len(theta), chunk):
+            part = slice(first, first + chunk)
+            q = q_star(mdp.transitions, groups, mdp.gamma, theta[part]) if needs_q else None
+            for term in terms:
+                term.update(theta[part], q, {site: v[part] for site, v in flat.items()}, log_likelihood)
 
     def by_chain(parts: list[np.ndarray]) -> np.ndarray:
         values = np.concatenate(parts)
