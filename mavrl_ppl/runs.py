@@ -359,10 +359,15 @@ def _fit_svi(problem: Problem, progress: bool, checkpoint: Path | None) -> Fitte
     fit_metrics = {"fit_seconds": result.fit_seconds, "steps": result.steps, "best_step": result.best_step}
     attrs = {"inference": "svi", "seed": seed, **fit_metrics}
     if mdp is not None:
+        from mavrl_ppl.analysis.predictive import evaluate_feedback
+
         reward, dims, nuisance = posterior_draws(result.model, one_hot_features(mdp.num_states),
                                                  settings.num_posterior_samples, torch.Generator().manual_seed(seed))
+        evaluation = evaluate_feedback(mdp, reward, dims, nuisance, feedback, seed=seed)
         idata = build_inference_data(reward=reward, reward_dims=dims, nuisance=nuisance, sample_stats=None,
-                                     feedback=feedback, mdp=mdp, attrs=attrs,
+                                     feedback=feedback, mdp=mdp, attrs={**attrs, **evaluation.attrs},
+                                     log_likelihood=evaluation.log_likelihood,
+                                     posterior_predictive=evaluation.posterior_predictive,
                                      extra_groups={"elbo": svi_history(result.history)})
         return Fitted(idata, {**_tabular_metrics(config, mdp, idata), **fit_metrics}, True, result.model)
     return _evaluate_control(problem, result, settings, attrs)
@@ -433,9 +438,12 @@ def _evaluate_control(problem: Problem, result: Any, settings: Any, attrs: dict[
 
     points = xr.Dataset({"obs": (("point", "obs_dim"), obs), "action": ("point", action),
                          "absorbing": ("point", absorbing)})
+    # No log_likelihood / posterior_predictive: the likelihoods need every step's reward and action values, and here
+    # the reward is drawn per visited point and the action values come from the point-estimated Q-network.
     idata = build_inference_data(
         reward=reward, reward_dims=("point",), nuisance=nuisance, sample_stats=None, feedback=feedback, mdp=None,
-        attrs={**attrs, "env": env_id, "gamma": control_spec(env_id).gamma, "reward_offset": offset},
+        attrs={**attrs, "env": env_id, "gamma": control_spec(env_id).gamma, "reward_offset": offset,
+               "predictive_model": "none: no log_likelihood or posterior_predictive on control envs"},
         extra_groups={"elbo": svi_history(result.history), "points": points},
     )
     return Fitted(idata, metrics, True, result.model)

@@ -50,7 +50,9 @@ def test_posterior_opens_in_arviz_and_summarises(two_runs):
     summary = az.summary(idata, var_names=["reward"], kind="stats")
     assert len(summary) == 25 and summary["sd"].gt(0).all()
     assert idata.attrs["inference"] == "svi"
-    assert "obs_pref" in idata.observed_data
+    assert set(idata.observed_data.data_vars) == set(idata.posterior_predictive.data_vars) == set(
+        idata.log_likelihood.data_vars) == {"pref", "demo", "rating", "stop"}
+    assert idata.log_likelihood["stop"].shape == (1, 50, 32)
 
 
 @pytest.mark.parametrize(

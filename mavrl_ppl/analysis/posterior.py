@@ -3,12 +3,18 @@
 Built with ``az.from_dict`` (available in ArviZ 0.x and 1.x). Groups:
 
 - ``posterior``: ``reward`` (chain, draw, state[, action]) or (chain, draw, point), plus nuisance parameters named
-  ``<type>_<param>`` (e.g. ``rating_cutpoints``);
+  ``<type>_<param>`` (e.g. ``rating_cutpoints``) on the dims their :class:`~mavrl_ppl.feedback.Nuisance` declares
+  (``rating_cutpoints``: ``cutpoint``; undeclared axes: ``<type>_<param>_dim_<i>``);
+- ``log_likelihood``: per-item log-likelihood of each feedback type, named by the type (``pref``, ``demo``, ...) on dim
+  ``<type>_item``, so ``az.loo(idata, var_name="pref")`` scores one type (tabular envs, both back ends: see
+  :mod:`mavrl_ppl.analysis.predictive`);
+- ``posterior_predictive``: labels drawn at every draw, named and shaped like ``observed_data``, so
+  ``az.plot_ppc(idata, var_names=["rating"])`` pairs them (tabular envs, every type with enumerable discrete labels);
+- ``observed_data``: each feedback type's label, named by the type, on dims ``<type>_item`` (and ``<type>_<dim>`` for
+  the label's further dims: ``demo_step``);
 - ``sample_stats``: sampler statistics (NUTS: diverging, tree_depth, energy, step_size, ...);
-- ``log_likelihood``: per-item log-likelihood ``obs_<type>`` where the method provides it;
-- ``observed_data``: each feedback type's label as ``obs_<type>`` on dim ``<type>_item``;
-- ``constant_data``: the env description (true reward per state, grid shape, gamma) for tabular envs;
-- any extra groups (SVI: ``elbo`` trace);
+- ``constant_data``: the env description (true reward per state, initial distribution) for tabular envs;
+- any extra groups (SVI: the ``elbo`` trace);
 - attrs: inference method, seed, package version, wall time, ...
 """
 
@@ -22,7 +28,7 @@ import numpy as np
 import xarray as xr
 
 from mavrl_ppl.envs.tabular import TabularMDP
-from mavrl_ppl.feedback.base import get_feedback_type
+from mavrl_ppl.feedback.base import get_feedback_type, registered
 
 
 def _package_version() -> str:
@@ -36,6 +42,23 @@ def _extra_dims(name: str, values: np.ndarray) -> list[str]:
     return [f"{name}_dim_{i}" for i in range(values.ndim - 2)]
 
 
+def _nuisance_dims(site: str, values: np.ndarray) -> list[str]:
+    """A nuisance site's own dims: those its :class:`~mavrl_ppl.feedback.Nuisance` declares, the rest by ArviZ's
+    ``<site>_dim_<i>``."""
+    declared: tuple[str, ...] = ()
+    for ft in registered().values():
+        for n in ft.nuisance:
+            if ft.site(n) == site:
+                declared = tuple(n.dims)
+    default = _extra_dims(site, values)
+    return [*declared[: len(default)], *default[len(declared):]]
+
+
+def _label_dims(name: str, dataset: xr.Dataset) -> list[str]:
+    """Dims of a type's label in ``observed_data`` and ``posterior_predictive``: ``<type>_item``, ``<type>_<dim>``."""
+    return [f"{name}_{d}" for d in dataset[get_feedback_type(name).label].dims]
+
+
 def build_inference_data(
     *,
     reward: np.ndarray,
@@ -46,6 +69,7 @@ def build_inference_data(
     mdp: TabularMDP | None,
     attrs: Mapping[str, object],
     log_likelihood: Mapping[str, np.ndarray] | None = None,
+    posterior_predictive: Mapping[str, np.ndarray] | None = None,
     extra_groups: Mapping[str, xr.Dataset] | None = None,
 ) -> az.InferenceData:
     """Assemble the InferenceData every analysis function takes.
@@ -58,20 +82,17 @@ def build_inference_data(
         feedback: the feedback set the posterior was fitted to (its labels become ``observed_data``).
         mdp: the tabular env (for ``constant_data``), or ``None`` for control envs.
         attrs: run metadata (``inference``, ``seed``, ``fit_seconds``, ...); the package version is added.
-        log_likelihood: per-item log-likelihoods by ``obs_<type>``, each ``(chain, draw, item)``.
+        log_likelihood: per-item log-likelihoods by type name, each ``(chain, draw, item)``.
+        posterior_predictive: predictive labels by type name, each ``(chain, draw, *label shape)``.
         extra_groups: further groups to attach as they are (e.g. the SVI ``elbo`` trace).
     """
     reward = np.asarray(reward, dtype=np.float64)
     if reward.ndim != 2 + len(reward_dims):
         raise ValueError(f"reward has shape {reward.shape}, expected (chain, draw, {', '.join(reward_dims)})")
     posterior = {"reward": reward, **{k: np.asarray(v) for k, v in nuisance.items()}}
-    dims = {"reward": list(reward_dims), **{k: _extra_dims(k, v) for k, v in posterior.items() if k != "reward"}}
-    observed = {}
-    for name, ds in feedback.items():
-        label = get_feedback_type(name).label
-        values = ds[label].values
-        observed[f"obs_{name}"] = values
-        dims[f"obs_{name}"] = [f"{name}_item", *[f"{name}_{d}" for d in ds[label].dims[1:]]]
+    dims = {"reward": list(reward_dims), **{k: _nuisance_dims(k, v) for k, v in posterior.items() if k != "reward"}}
+    observed = {name: ds[get_feedback_type(name).label].values for name, ds in feedback.items()}
+    dims.update({name: _label_dims(name, ds) for name, ds in feedback.items()})
     coords: dict[str, np.ndarray] = {d: np.arange(n) for d, n in zip(reward_dims, reward.shape[2:], strict=True)}
     constant = {}
     if mdp is not None:
@@ -83,7 +104,9 @@ def build_inference_data(
         coords.setdefault("state", np.arange(mdp.num_states))
     ll = {k: np.asarray(v) for k, v in (log_likelihood or {}).items()}
     for key, values in ll.items():
-        dims[key] = dims.get(key, [f"{key.removeprefix('obs_')}_item"])[:1] + _extra_dims(key, values)[1:]
+        if values.ndim != 3:
+            raise ValueError(f"log_likelihood[{key!r}] has shape {values.shape}, expected (chain, draw, item)")
+    predictive = {k: np.asarray(v) for k, v in (posterior_predictive or {}).items()}
     all_attrs = {"package_version": _package_version(), **_netcdf_safe(attrs)}
     if mdp is not None:
         all_attrs.update(
@@ -95,11 +118,14 @@ def build_inference_data(
     groups: dict[str, object] = {"posterior": posterior, "observed_data": observed}
     if sample_stats:
         groups["sample_stats"] = {k: np.asarray(v) for k, v in sample_stats.items()}
-    if ll:
-        groups["log_likelihood"] = ll
+    if predictive:
+        groups["posterior_predictive"] = predictive
     if constant:
         groups["constant_data"] = constant
     idata = az.from_dict(**groups, coords=coords, dims=dims, attrs=all_attrs)
+    if ll:  # its own dims: a label's dims (demo_item, demo_step) are not its log-likelihood's (demo_item)
+        idata.add_groups(log_likelihood=az.dict_to_dataset(ll, coords=coords, dims={k: [f"{k}_item"] for k in ll},
+                                                           attrs=dict(idata.posterior.attrs)))
     for name, ds in (extra_groups or {}).items():
         idata.add_groups({name: ds})
     return idata

@@ -71,6 +71,8 @@ class Nuisance(NamedTuple):
         scale: prior standard deviation of ``z``.
         transform: unconstrained ``z`` (last axis = the parameter) -> constrained value.
         fixed_attr: if the data set carries this attribute, the parameter is fixed to its value and not inferred.
+        dims: names of the parameter's own axes in the posterior (e.g. ``("cutpoint",)``); axes left unnamed are
+            called ``<type>_<name>_dim_<i>`` (ArviZ's rule), the same for every back end.
     """
 
     name: str
@@ -78,6 +80,7 @@ class Nuisance(NamedTuple):
     scale: float
     transform: Callable[[Array], Array]
     fixed_attr: str | None = None
+    dims: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, eq=False)

@@ -9,8 +9,9 @@ Sites:
   deterministic site ``<type>_<name>`` (e.g. ``rating_cutpoints``, ``pref_beta``), the name the posterior uses.
   Parameters the data set fixes through an attribute (``beta`` of simulated data) are constants.
 - ``obs_<type>``: ``numpyro.factor`` with the VECTOR of per-item log-likelihoods. The factor adds their sum to the
-  joint density (so NUTS sees exactly ``sum log p``), and ``numpyro.infer.log_likelihood`` returns the per-item values
-  for ArviZ's ``log_likelihood`` group (LOO / WAIC) without a second copy of the likelihood.
+  joint density (so NUTS sees exactly ``sum log p``), and ``numpyro.infer.log_likelihood`` returns the per-item values.
+  The run's ArviZ ``log_likelihood`` group is computed by :mod:`mavrl_ppl.analysis.predictive` instead (the numpy
+  code path SVI uses too), which equals these values to ~1e-12 (``tests/analysis/test_predictive.py``).
 
 ``Q*`` comes from :func:`~mavrl_ppl.planning.jax_backend.q_star_exact` (exact, differentiable) or a fixed number of
 value-iteration sweeps. Every registered type's ``log_likelihood`` is called unchanged, on JAX arrays; the model loops

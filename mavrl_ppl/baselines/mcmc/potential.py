@@ -35,6 +35,7 @@ class ModelFunctions(NamedTuple):
         deterministic: ``params -> {site: value}`` of the model's ``numpyro.deterministic`` sites.
         log_likelihood: ``params -> {site: per-item log-likelihood}`` of its observed sites (``numpyro.factor``
             included), for params with ONE leading draw axis; computed in batches of :data:`LOG_LIKELIHOOD_BATCH`.
+            (Runs store :mod:`mavrl_ppl.analysis.predictive`'s numpy values; this is the JAX reference they match.)
         shapes: the latent sites' shapes and dtypes.
     """
 

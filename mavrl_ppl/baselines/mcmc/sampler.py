@@ -31,7 +31,8 @@ class NutsResult(NamedTuple):
 
     Attributes:
         idata: the posterior (``reward``, nuisance parameters), NUTS ``sample_stats``, ``log_likelihood``,
-            ``observed_data`` and ``constant_data``, with run attributes.
+            ``posterior_predictive`` (:mod:`mavrl_ppl.analysis.predictive`), ``observed_data`` and ``constant_data``,
+            with run attributes.
         diagnostics: ``rhat_max``, ``ess_bulk_min``, ``ess_tail_min``, ``divergences``, ``tree_depth_max``,
             ``step_size_mean``, ``mean_steps``, ``converged`` (see :func:`nuts_diagnostics`), ``fit_seconds`` and
             ``init_seconds`` (the chain-start part of it: mode searches, Hessian, compilation).
@@ -168,6 +169,7 @@ def run_nuts(mdp: TabularMDP, feedback: Mapping[str, Any], settings: NutsSetting
     """
     arviz()  # first ArviZ import without its daily FutureWarning (see diagnostics.arviz)
     from mavrl_ppl.analysis.posterior import build_inference_data  # imports ArviZ; keep module import light
+    from mavrl_ppl.analysis.predictive import evaluate_feedback
 
     settings = settings or NutsSettings()
     enable_x64()
@@ -203,17 +205,18 @@ def run_nuts(mdp: TabularMDP, feedback: Mapping[str, Any], settings: NutsSetting
     stats["tree_depth"] = np.floor(np.log2(np.maximum(stats["n_steps"], 1))).astype(np.int64) + 1
     sampling_seconds = time.perf_counter() - start
 
-    log_lik = None
-    if settings.log_likelihood:
-        log_lik = {k: v.reshape(num_chains, num_draws, -1) for k, v in by_chain(functions.log_likelihood(flat)).items()}
-
     dims, shape = reward_layout(mdp)
     reward = samples["reward"].reshape(*samples["reward"].shape[:2], *shape)
+    nuisance = {site: samples[site] for site in nuisance_sites(feedback)}
+    # The numpy evaluation SVI uses too (one code path); it equals the model's JAX log-likelihood to ~1e-12
+    # (tests/analysis/test_predictive.py). With q_method "sweeps" it scores the exact Q* the sweeps approximate.
+    evaluation = evaluate_feedback(mdp, reward, dims, nuisance, feedback, seed=settings.seed,
+                                   log_likelihood=settings.log_likelihood)
     fit_seconds = time.perf_counter() - start
     idata = build_inference_data(
         reward=reward,
         reward_dims=dims,
-        nuisance={site: samples[site] for site in nuisance_sites(feedback)},
+        nuisance=nuisance,
         sample_stats=stats,
         feedback=feedback,
         mdp=mdp,
@@ -226,8 +229,10 @@ def run_nuts(mdp: TabularMDP, feedback: Mapping[str, Any], settings: NutsSetting
             "num_devices": jax.local_device_count(),
             "chain_method": chain_method if isinstance(chain_method, str) else "split_over_devices",
             **{f"nuts_{k}": v for k, v in asdict(settings).items() if k not in ("seed", "chain_method")},
+            **evaluation.attrs,
         },
-        log_likelihood=log_lik,
+        log_likelihood=evaluation.log_likelihood,
+        posterior_predictive=evaluation.posterior_predictive,
     )
     diagnostics = {**nuts_diagnostics(idata), "fit_seconds": fit_seconds, "init_seconds": init_seconds}
     return NutsResult(idata=idata, diagnostics=diagnostics)

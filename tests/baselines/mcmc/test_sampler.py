@@ -76,13 +76,16 @@ def test_run_nuts_returns_the_inference_data_contract():
     assert post["reward"].dims == ("chain", "draw", "state")
     assert post["reward"].shape == (2, 40, 4)
     assert set(post.data_vars) == {"reward", "rating_cutpoints", "pref_beta"}
+    assert post["rating_cutpoints"].dims == ("chain", "draw", "cutpoint")
     assert np.all(np.diff(post["rating_cutpoints"].values, axis=-1) > 0)
     assert np.all(post["pref_beta"].values > 0)
     for stat in ("diverging", "tree_depth", "energy", "step_size", "n_steps", "lp", "acceptance_rate"):
         assert idata.sample_stats[stat].shape == (2, 40), stat
-    assert set(idata.log_likelihood.data_vars) == {"obs_pref", "obs_rating", "obs_stop"}
-    assert idata.log_likelihood["obs_stop"].shape == (2, 40, 16)
-    assert np.all(idata.log_likelihood["obs_pref"].values <= 0)
+    assert set(idata.log_likelihood.data_vars) == {"pref", "rating", "stop"}
+    assert idata.log_likelihood["stop"].dims == ("chain", "draw", "stop_item")
+    assert idata.log_likelihood["stop"].shape == (2, 40, 16)
+    assert np.all(idata.log_likelihood["pref"].values <= 0)
+    assert set(idata.posterior_predictive.data_vars) == set(idata.observed_data.data_vars) == {"pref", "rating", "stop"}
     assert idata.attrs["inference"] == "nuts" and idata.attrs["seed"] == 3
     d = result.diagnostics
     assert set(d) == {
