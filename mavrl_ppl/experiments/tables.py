@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from mavrl_ppl.analysis.report import format_mean_se, latex_escape, latex_tabular, markdown_table, mean_se
+from mavrl_ppl.errors import UsageError
 from mavrl_ppl.experiments.budget import ALL_SUBSETS
 
 SUBSET_LABELS: dict[str, str] = {"all": "all four"}
@@ -293,8 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     envs = [e.strip() for e in args.envs.split(",") if e.strip()] if args.envs else None
     t0 = time.perf_counter()
-    cells, rows, text = build_table(args.storage, args.kind, objective=args.objective, seeds=seeds, envs=envs,
-                                    progress=not args.quiet)
+    try:
+        cells, rows, text = build_table(args.storage, args.kind, objective=args.objective, seeds=seeds, envs=envs,
+                                        progress=not args.quiet)
+    except UsageError as exc:  # a journal damaged before its last record (a damaged tail is cut off, with a warning)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if not rows:
         print(f"error: no {args.kind} studies in {args.storage}", file=sys.stderr)
         return 2
