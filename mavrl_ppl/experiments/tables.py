@@ -17,6 +17,9 @@ trials``.
 Writes ``table.md``, ``table.tex`` and ``table.nc`` (xarray: dims ``env``, ``subset``, ``seed``) into ``--out`` and
 prints the Markdown. The caption states how the hyper-parameters were selected; a cell whose study optimised the
 normalised score itself (``--objective score``, simulation only) is marked and the caption says so.
+
+Exit status: 0 written, 2 bad arguments, no studies or a journal damaged before its last record (one line; a damaged
+tail is cut off with a warning, see :mod:`mavrl_ppl.experiments.sweep`), 130 interrupted (one line).
 """
 
 from __future__ import annotations
@@ -300,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:  # a journal damaged before its last record (a damaged tail is cut off, with a warning)
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: no table was written", file=sys.stderr)
+        return 130
     if not rows:
         print(f"error: no {args.kind} studies in {args.storage}", file=sys.stderr)
         return 2
