@@ -3,18 +3,51 @@
 The public API (re-exports only):
 
 - one run: :func:`run` (settings -> run directory), or step by step :func:`resolve_config`, :func:`make_problem`,
-  :func:`fit_problem`; :func:`load_run` reads a run directory back; :class:`UsageError` is bad input;
+  :func:`fit_problem`; :func:`load_run` reads a run directory back; :class:`UsageError` is bad input (and
+  :class:`DamagedFileError`, a damaged file we read);
 - your own feedback type: :class:`FeedbackType` with :func:`register` (see ``examples/plackett_luce.py``);
 - feedback data: :func:`load_feedback`, :func:`save_feedback`.
 
-Importing this package imports neither JAX, stable-baselines3, Optuna nor Dask.
+Importing this package imports neither JAX, stable-baselines3, Optuna nor Dask, and the names above are imported
+when first used: ``python -m mavrl_ppl.fit`` starts its own code (and its Ctrl-C handling) before any heavy library.
 """
 
-from mavrl_ppl.feedback import FeedbackType, register
-from mavrl_ppl.feedback.data import FeedbackDataError, load_feedback, save_feedback
-from mavrl_ppl.runs import UsageError, fit_problem, load_run, make_problem, resolve_config, run
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DamagedFileError": "mavrl_ppl.errors",
+    "FeedbackDataError": "mavrl_ppl.feedback.data",
+    "FeedbackType": "mavrl_ppl.feedback",
+    "UsageError": "mavrl_ppl.errors",
+    "fit_problem": "mavrl_ppl.runs",
+    "load_feedback": "mavrl_ppl.feedback.data",
+    "load_run": "mavrl_ppl.runs",
+    "make_problem": "mavrl_ppl.runs",
+    "register": "mavrl_ppl.feedback",
+    "resolve_config": "mavrl_ppl.runs",
+    "run": "mavrl_ppl.runs",
+    "save_feedback": "mavrl_ppl.feedback.data",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mavrl_ppl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __all__ = [
+    "DamagedFileError",
     "FeedbackDataError",
     "FeedbackType",
     "UsageError",

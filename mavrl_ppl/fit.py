@@ -2,9 +2,15 @@
 
 With no arguments: SVI on grid_trap with simulated feedback at the paper's fixed allocation, seed 0. Writes into
 ``--out`` atomically (a temporary directory renamed at the end): ``config.json``, ``feedback.nc``, ``posterior.nc``,
-``metrics.json`` and PNG plots. Exit status: 0 success, 2 bad input or arguments (one line, nothing written),
-1 anything else (for NUTS: also a run that did not converge, unless ``--allow-unconverged``; its outputs are kept),
-130 interrupted (nothing written).
+``metrics.json`` and PNG plots. ``--out`` is claimed at start-up, so a second run into the same directory stops at
+once (:mod:`mavrl_ppl.rundirs`). Inputs whose estimated memory exceeds the machine's are refused before anything is
+allocated; ``MAVRL_MAX_MEMORY_GB`` sets another limit (:mod:`mavrl_ppl.limits`). Exit status: 0 success, 2 bad input,
+arguments or ``--out``, a damaged input file, or inputs too large (one line, nothing written), 1 anything else (for
+NUTS: also a run that did not converge, unless ``--allow-unconverged``; its outputs are kept), 130 interrupted by
+Ctrl-C and 143 terminated by SIGTERM (one line, nothing written).
+
+A ``--config`` file may name plugins (``plugin = [...]``), which are imported, i.e. run: use only config files you
+trust. Data files (``--data``) are only read, never run.
 
 The pipeline itself is :mod:`mavrl_ppl.runs`; this module only turns the command line and a TOML file into its
 settings and its outcome into an exit status.
@@ -12,16 +18,32 @@ settings and its outcome into an exit status.
 
 from __future__ import annotations
 
-import argparse
-import json
+import os
 import signal
 import sys
 import threading
-import tomllib
-from pathlib import Path
-from typing import Any, NoReturn
 
-from mavrl_ppl.runs import UsageError
+
+def _interrupted_at_start(signum: int, frame: object) -> None:
+    """Ctrl-C or SIGTERM while the command is still importing its libraries: nothing exists yet, so stop now, with
+    one line (not the traceback of whatever import was running)."""
+    what = "interrupted" if signum == signal.SIGINT else "terminated"
+    os.write(2, f"{what}: nothing was written\n".encode())
+    os._exit(128 + signum)
+
+
+if __name__ == "__main__" and threading.current_thread() is threading.main_thread():
+    for _signum in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(_signum) is not signal.SIG_IGN:  # an ignored Ctrl-C (nohup, background jobs) stays so
+            signal.signal(_signum, _interrupted_at_start)
+
+import argparse  # noqa: E402 - after the start-up handlers: an import interrupted by Ctrl-C prints one line
+import json  # noqa: E402
+import tomllib  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, NoReturn  # noqa: E402
+
+from mavrl_ppl.errors import UsageError  # noqa: E402
 
 #: Flags that steer the command, not the run (never in config.json).
 _COMMAND_FLAGS = ("config", "out", "overwrite", "allow_unconverged", "quiet", "simulate")
@@ -109,18 +131,27 @@ def parse_simulator_setting(text: str) -> tuple[str, str, Any]:
     return name, setting.strip(), value
 
 
-def _exit_on_sigterm(signum: int, frame: Any) -> None:
-    raise SystemExit(128 + signum)  # unwinds like Ctrl-C, so the half-written run directory is removed
+class Terminated(BaseException):
+    """SIGTERM (a batch scheduler, ``kill``): unwinds like Ctrl-C, so the half-written run directory is removed."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    from mavrl_ppl import runs
-
+    """Run the command; returns the exit status (Ctrl-C: 130, SIGTERM: 143, each with one line on stderr)."""
+    handlers = threading.current_thread() is threading.main_thread()  # signal handlers can only be set there
+    if handlers:
+        previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, _terminate)):
+            if previous[s] is not signal.SIG_IGN:
+                signal.signal(s, handler)
+    written, interrupted = None, False
     try:
+        args = build_parser().parse_args(argv)
+        from mavrl_ppl import runs
+
         settings = settings_from_args(args)
         source = str(args.config) if args.config is not None else "settings"
         config = runs.resolve_config(settings, source=source)
@@ -130,13 +161,24 @@ def main(argv: list[str] | None = None) -> int:
 
             set_host_devices()
         result = runs.run(config, args.out, progress=not args.quiet, overwrite=args.overwrite)
+        written = result.out
+        return report(result, allow_unconverged=args.allow_unconverged)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: nothing was written", file=sys.stderr)
-        return 130
-    return report(result, allow_unconverged=args.allow_unconverged)
+    except (KeyboardInterrupt, Terminated) as exc:
+        interrupted = True
+        if handlers:  # a second signal while the message is printed must not turn it into a traceback
+            for s in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(s, signal.SIG_IGN)
+        what, status = ("interrupted", 130) if isinstance(exc, KeyboardInterrupt) else ("terminated", 143)
+        done = f"the run was written to {written}" if written is not None else "nothing was written"
+        print(f"{what}: {done}", file=sys.stderr)
+        return status
+    finally:
+        if handlers and not interrupted:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 def report(result: Any, *, allow_unconverged: bool) -> int:

@@ -22,19 +22,21 @@ import contextlib
 import dataclasses
 import json
 import math
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from mavrl_ppl.errors import DamagedFileError, UsageError
+from mavrl_ppl.rundirs import claim_run_directory
+
 __all__ = [
     "CONTROL_SIMULATION",
     "CONTROL_SVI",
     "INFERENCE_METHODS",
+    "DamagedFileError",
     "Fitted",
     "LoadedRun",
     "Problem",
@@ -84,10 +86,6 @@ DEFAULT_PPO_TIMESTEPS = {"CartPole-v1": 100_000, "Acrobot-v1": 200_000, "LunarLa
 CONTROL_POINTS = 1000
 #: NUTS settings that belong to the call, not to the model or the sampler (never in config.json).
 _CALL_SETTINGS = ("seed", "progress_bar")
-
-
-class UsageError(ValueError):
-    """Bad settings or data, found before any fitting: reported as one line (the command's exit status 2)."""
 
 
 # ---------------------------------------------------------------------------------------------------- 1. settings
@@ -214,15 +212,18 @@ def make_problem(config: Mapping[str, Any]) -> Problem:
     """Build the env and the feedback (loaded from ``config["data"]`` or simulated with ``config["seed"]``).
 
     Raises:
-        UsageError: an unknown env, bad counts or simulator settings, an invalid or mismatched feedback file.
+        UsageError: an unknown env, bad counts or simulator settings, an invalid or mismatched feedback file, or
+            inputs whose estimated memory exceeds the limit (:func:`mavrl_ppl.limits.check_memory`; checked first).
     """
     from mavrl_ppl.envs.control import is_control_env
     from mavrl_ppl.feedback.data import FeedbackDataError, load_feedback
+    from mavrl_ppl.limits import check_memory
 
     config = dict(config)
     control = is_control_env(config["env"])
     if control and config["inference"] != "svi":
         raise UsageError(f"--inference {config['inference']} is for tabular envs; {config['env']} needs svi")
+    check_memory(config)
     mdp = None if control else _make_mdp(config)
     if config["data"]:
         try:
@@ -478,24 +479,9 @@ def _behaviour_beta(feedback: Mapping[str, Any]) -> list[float] | None:
 # ---------------------------------------------------------------------------------------------------- 4. the outputs
 
 
-@contextlib.contextmanager
-def atomic_directory(out: Path) -> Iterator[Path]:
-    """A temporary directory beside ``out``, renamed to ``out`` if the block succeeds, removed if it fails."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        yield work
-        if out.exists():
-            shutil.rmtree(out)
-        work.rename(out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-
-
 def write_run(work: Path, problem: Problem, fitted: Fitted) -> None:
-    """Write a run's files and plots into ``work`` (a directory that :func:`atomic_directory` will publish)."""
+    """Write a run's files and plots into ``work`` (the directory :func:`~mavrl_ppl.rundirs.claim_run_directory`
+    publishes as the run directory)."""
     from mavrl_ppl.feedback.data import save_feedback
 
     work = Path(work)
@@ -547,18 +533,22 @@ def run(settings: Mapping[str, Any] | None = None, out: Path | str | None = None
         progress: progress bars.
         overwrite: replace an existing ``out``.
 
+    ``out`` is claimed before anything else (:mod:`mavrl_ppl.rundirs`): a second run into the same directory stops at
+    once, and whether ``out`` can be written is known before the fit. The run is written into a temporary directory
+    renamed to ``out`` at the end; a failed or interrupted run leaves nothing behind.
+
     Raises:
-        UsageError: bad settings or data, or ``out`` exists and ``overwrite`` is false (nothing is written).
+        UsageError: bad settings or data, inputs too large for this machine's memory (:mod:`mavrl_ppl.limits`), or an
+            ``out`` that another run is writing, that exists (and ``overwrite`` is false), that is a file or not a run
+            directory, or that cannot be written (nothing is written).
     """
     t_start = time.perf_counter()
     config = resolve_config(settings)
     out = Path(out) if out is not None else default_out(config)
-    if out.exists() and not overwrite:
-        raise UsageError(f"{out} already exists (pass --overwrite to replace it)")
-    load_plugins(config["plugin"])
-    problem = make_problem(config)
-    simulate_seconds = time.perf_counter() - t_start
-    with atomic_directory(out) as work:
+    with claim_run_directory(out, overwrite=overwrite) as work:
+        load_plugins(config["plugin"])
+        problem = make_problem(config)
+        simulate_seconds = time.perf_counter() - t_start
         fitted = fit_problem(problem, progress=progress, checkpoint=work / "checkpoint.pt")
         fitted.metrics["simulate_seconds"] = simulate_seconds  # settings, env and feedback (simulated or loaded)
         fitted.metrics["total_seconds"] = time.perf_counter() - t_start
@@ -631,9 +621,23 @@ def load_run(path: Path | str) -> LoadedRun:
 
     Raises:
         FileNotFoundError: ``path`` has no ``metrics.json`` (an unfinished or foreign directory).
+        DamagedFileError: ``config.json`` or ``metrics.json`` is missing, unreadable or not a JSON object.
     """
     path = Path(path)
     metrics_file = path / "metrics.json"
     if not metrics_file.is_file():
         raise FileNotFoundError(f"{path}: not a finished run (no metrics.json)")
-    return LoadedRun(path, json.loads((path / "config.json").read_text()), json.loads(metrics_file.read_text()))
+    return LoadedRun(path, _read_record(path / "config.json"), _read_record(metrics_file))
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    """A run's JSON record, or :class:`DamagedFileError` naming the file and what is wrong."""
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DamagedFileError(path, "missing: the run directory is incomplete") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DamagedFileError(path, f"not a readable JSON record ({exc})") from None
+    if not isinstance(record, dict):
+        raise DamagedFileError(path, f"not a JSON object but a {type(record).__name__}")
+    return record

@@ -184,4 +184,13 @@ def make_tabular(name: str, *, size: int | None = None, p_rand: float = 0.0, gam
     raise ValueError(f"unknown tabular env {name!r}; known: grid_<{'|'.join([*GRID_MAPS, 'dense'])}>, chain")
 
 
+def tabular_shape(name: str, size: int | None = None) -> tuple[int, int] | None:
+    """``(num_states, num_actions)`` of :func:`make_tabular`'s env, without building it (``None``: unknown env)."""
+    if name.startswith("grid_") and name.removeprefix("grid_") in [*GRID_MAPS, "dense"]:
+        return (size or 10) ** 2, 5
+    if name == "chain":
+        return size or 5, 2
+    return None
+
+
 TABULAR_ENVS = (*(f"grid_{k}" for k in [*GRID_MAPS, "dense"]), "chain")

@@ -724,7 +724,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command; exit status 0 when the table was written (failed fits are in it), 2 on bad arguments."""
+    """Run the command; exit status 0 when the table was written (failed fits are in it), 2 on bad arguments or a
+    broken record, 130 on Ctrl-C (one line; finished runs and records are kept for the next call)."""
     args = build_parser().parse_args(argv)
     try:
         seeds = parse_seeds(args.seeds)
@@ -747,6 +748,9 @@ def main(argv: list[str] | None = None) -> int:
     except RecordError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished runs and records are kept; run the command again to continue", file=sys.stderr)
+        return 130
     sys.stdout.write(table_to_markdown(ds))
     print(f"wrote {args.out}/baseline_table.{{nc,md,tex,png}}", file=sys.stderr)
     return 0

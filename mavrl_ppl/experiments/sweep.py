@@ -42,7 +42,13 @@ Storage: a path means Optuna's journal file (default ``runs/studies.journal``); 
 complete SVI base settings) and search space; rerunning under the same name with anything different is an error
 (exit 2), e.g. after the SVI defaults changed: use a new ``--study`` name.
 
-Exit status: 0 done, 2 bad arguments, 1 anything else, 130 interrupted.
+A worker killed while writing to a journal file can leave its last line cut short. Every command that opens the
+journal (this one, :mod:`mavrl_ppl.experiments.tables`) and every write first cuts such a damaged tail off (the
+bytes are kept in ``<journal>.damaged-<time>-<pid>`` beside it) and says so in one warning line; the studies go on
+from their last whole record: nothing but the interrupted write is lost. A journal damaged before its last record is
+refused (exit 2, naming the line): restore it from a copy.
+
+Exit status: 0 done, 2 bad arguments or a journal damaged before its last record, 1 anything else, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -70,6 +76,8 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
+from mavrl_ppl.errors import DamagedFileError
+from mavrl_ppl.errors import UsageError as BaseUsageError
 from mavrl_ppl.experiments.budget import (
     allocate_budget,
     default_budget,
@@ -91,7 +99,7 @@ HOLDOUT_STREAM = 0x401D0  # the held-out feedback of seed s is simulated from de
 SPEC_VERSION = 1
 
 
-class UsageError(Exception):
+class UsageError(BaseUsageError):
     """Bad arguments or a study that does not match them: one line, exit status 2."""
 
 
@@ -307,13 +315,124 @@ def objective_value(spec: CellSpec, evaluation: Mapping[str, list]) -> float:
 
 
 def open_storage(target: str | os.PathLike) -> optuna.storages.BaseStorage:
-    """A journal-file storage for a path, Optuna's RDB storage for a URL (``sqlite:///``, ``postgresql://``)."""
+    """A journal-file storage for a path, Optuna's RDB storage for a URL (``sqlite:///``, ``postgresql://``).
+
+    A journal file is checked first (:func:`repair_journal`): a damaged tail (a record cut short by a killed worker,
+    or garbage after the last record) is moved aside into ``<file>.damaged-<time>`` with a warning on stderr, and the
+    study goes on from its last whole record; damage in the middle raises :class:`DamagedFileError`.
+
+    Raises:
+        DamagedFileError: a journal that is damaged before its last record, or cannot be read or created.
+    """
     text = str(target)
     if "://" in text:
         return optuna.storages.RDBStorage(text)
     path = Path(text)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        backend = RepairingJournalBackend(str(path))
+    except OSError as exc:
+        raise DamagedFileError(path, f"cannot open the journal: {exc.strerror or exc}") from None
+    backend.repair()
+    return optuna.storages.JournalStorage(backend)
+
+
+def _is_record(line: bytes) -> bool:
+    """Whether a journal line (with its newline) is one of Optuna's records: a JSON object with an ``op_code``."""
+    if not line.endswith(b"\n"):
+        return False
+    try:
+        record = json.loads(line)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return False
+    return isinstance(record, dict) and isinstance(record.get("op_code"), int)
+
+
+def repair_journal(path: str | os.PathLike, *, quiet: bool = False) -> int:
+    """Cut a damaged tail off an Optuna journal file; returns the bytes cut (0: the file was whole).
+
+    The tail from the first line that is not a whole record to the end of the file is moved into
+    ``<file>.damaged-<YYYYmmdd-HHMMSS>`` (kept, never deleted) and the file is truncated after its last whole record,
+    so the study loads as it was before the damaged write. Call it only while holding the journal's lock
+    (:class:`RepairingJournalBackend` does).
+
+    Raises:
+        DamagedFileError: a line that is not a record is followed by records (the damage is not a tail: later
+            records may depend on the lost one, so nothing is changed), or the file cannot be read.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise DamagedFileError(path, f"cannot read the journal: {exc.strerror or exc}") from None
+    lines = data.splitlines(keepends=True)
+    good_end, first_bad = 0, None
+    for number, line in enumerate(lines, start=1):
+        if _is_record(line):
+            if first_bad is not None:
+                raise DamagedFileError(path, f"line {first_bad} of the journal is not a whole record, and whole "
+                                             f"records follow it (line {number}); it cannot be repaired without "
+                                             "losing them: restore the file from a copy or use another --storage")
+            good_end += len(line)
+        elif first_bad is None:
+            first_bad = number
+    if first_bad is None:
+        return 0
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    aside.write_bytes(data[good_end:])
+    os.truncate(path, good_end)
+    if not quiet:
+        print(f"warning: {path}: cut a damaged tail off the journal ({len(data) - good_end} bytes from line "
+              f"{first_bad}, e.g. a write cut short by a killed worker; kept in {aside.name}); the studies continue "
+              "from the last whole record", file=sys.stderr, flush=True)
+    return len(data) - good_end
+
+
+class RepairingJournalBackend(optuna.storages.journal.JournalFileBackend):
+    """Optuna's journal file, with a damaged tail cut off before any write (:func:`repair_journal`).
+
+    Optuna appends each record as one line; a worker killed in the middle of a write leaves a line without its end,
+    and the next append would glue a whole record to it, so that the study could no longer be read. Here every
+    append first checks, under the journal's lock, that the file ends with a whole record.
+    """
+
+    def __init__(self, file_path: str) -> None:
+        self._path = file_path
+        self._file_lock = optuna.storages.journal.JournalFileSymlinkLock(file_path)
+        super().__init__(file_path, lock_obj=self._file_lock)
+
+    def repair(self) -> int:
+        """:func:`repair_journal` under the journal's lock."""
+        self._file_lock.acquire()
+        try:
+            return repair_journal(self._path)
+        finally:
+            self._file_lock.release()
+
+    def _tail_is_whole(self) -> bool:
+        with open(self._path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size == 0:
+                return True
+            handle.seek(max(0, size - 65536))
+            tail = handle.read()
+        last = tail.splitlines(keepends=True)[-1]
+        return _is_record(last) and (len(last) < len(tail) or size <= 65536)
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        self._file_lock.acquire()
+        try:
+            if not self._tail_is_whole():
+                repair_journal(self._path)
+            text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
+            with open(self._path, "ab") as handle:  # the format of Optuna's own JournalFileBackend.append_logs
+                handle.write(text.encode("utf-8"))
+                handle.flush()
+                os.fsync(handle.fileno())
+        finally:
+            self._file_lock.release()
 
 
 class TrialSeededTPE(optuna.samplers.BaseSampler):
@@ -627,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
         name = args.study or default_study_name(spec)
         study = run_study(spec, args.storage, name, args.trials, sampler_seed=args.sampler_seed,
                           stale_after=args.stale_after, heartbeat=args.heartbeat, quiet=args.quiet)
-    except UsageError as exc:
+    except BaseUsageError as exc:  # this command's, a damaged journal, bad run settings
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

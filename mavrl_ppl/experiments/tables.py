@@ -17,6 +17,9 @@ trials``.
 Writes ``table.md``, ``table.tex`` and ``table.nc`` (xarray: dims ``env``, ``subset``, ``seed``) into ``--out`` and
 prints the Markdown. The caption states how the hyper-parameters were selected; a cell whose study optimised the
 normalised score itself (``--objective score``, simulation only) is marked and the caption says so.
+
+Exit status: 0 written, 2 bad arguments, no studies or a journal damaged before its last record (one line; a damaged
+tail is cut off with a warning, see :mod:`mavrl_ppl.experiments.sweep`), 130 interrupted (one line).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from mavrl_ppl.analysis.report import format_mean_se, latex_escape, latex_tabular, markdown_table, mean_se
+from mavrl_ppl.errors import UsageError
 from mavrl_ppl.experiments.budget import ALL_SUBSETS
 
 SUBSET_LABELS: dict[str, str] = {"all": "all four"}
@@ -293,8 +297,15 @@ def main(argv: list[str] | None = None) -> int:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     envs = [e.strip() for e in args.envs.split(",") if e.strip()] if args.envs else None
     t0 = time.perf_counter()
-    cells, rows, text = build_table(args.storage, args.kind, objective=args.objective, seeds=seeds, envs=envs,
-                                    progress=not args.quiet)
+    try:
+        cells, rows, text = build_table(args.storage, args.kind, objective=args.objective, seeds=seeds, envs=envs,
+                                        progress=not args.quiet)
+    except UsageError as exc:  # a journal damaged before its last record (a damaged tail is cut off, with a warning)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: no table was written", file=sys.stderr)
+        return 130
     if not rows:
         print(f"error: no {args.kind} studies in {args.storage}", file=sys.stderr)
         return 2

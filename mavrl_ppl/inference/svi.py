@@ -128,6 +128,10 @@ def fit_svi(
             without known dynamics): the Q-network, whatever ``q_model`` says.
         on_evaluate: called after every validation pass with the step, the model (current state) and the held-out
             negative log-likelihood per type, e.g. to log, plot or prune (raise to stop the fit).
+
+    Raises:
+        DamagedFileError: with ``resume``, a checkpoint that is damaged, not one of this library (it is read with
+            ``torch.load(weights_only=True)``: nothing in it is run) or made for another model.
     """
     torch.manual_seed(seed)
     pyro.set_rng_seed(seed)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import pickle
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -15,6 +17,7 @@ from pyro import poutine
 from pyro.infer import SVI, TraceMeanField_ELBO
 from tqdm.auto import tqdm
 
+from mavrl_ppl.errors import DamagedFileError
 from mavrl_ppl.inference.data import Batch, Minibatches, num_items
 from mavrl_ppl.inference.settings import SVISettings
 from mavrl_ppl.models.joint import JointFeedbackModel
@@ -41,17 +44,72 @@ def restore(params: Mapping[str, torch.Tensor]) -> None:
             v.copy_(params[k])
 
 
+#: What a checkpoint must hold (:meth:`Trainer._save`), and the Python type of each entry.
+CHECKPOINT_KEYS = {"params": dict, "optim": dict, "batches": dict, "history": dict, "step": int, "rng": dict,
+                   "best": dict, "best_loss": float, "best_step": int, "stale": int, "settings": dict, "seed": int}
+
+
+def _numpy_rng_to_tensors(rng: Mapping) -> dict:
+    """Pyro's RNG state with numpy's legacy state ``(name, uint32 keys, pos, has_gauss, cached)`` as a tensor, so the
+    checkpoint holds only what ``torch.load(weights_only=True)`` reads (tensors, containers, numbers, strings)."""
+    name, keys, pos, has_gauss, cached = rng["numpy"]
+    return {**rng, "numpy": (str(name), torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss),
+                             float(cached))}
+
+
+def _numpy_rng_from_tensors(rng: Mapping) -> dict:
+    import numpy as np
+
+    name, keys, pos, has_gauss, cached = rng["numpy"]
+    return {**rng, "numpy": (name, keys.numpy().astype(np.uint32), pos, has_gauss, cached)}
+
+
 def save_checkpoint(path: Path, state: Mapping) -> None:
-    """Write ``state`` to ``path`` atomically (a temporary file, then a rename)."""
+    """Write ``state`` to ``path`` atomically (a temporary file, then a rename).
+
+    The state must hold only tensors, dicts, lists, tuples, numbers, strings and ``None`` (numpy's RNG state in
+    ``state["rng"]`` is converted), so that :func:`load_checkpoint` can read it without running any code.
+    """
+    state = dict(state)
+    if isinstance(state.get("rng"), Mapping) and "numpy" in state["rng"]:
+        state["rng"] = _numpy_rng_to_tensors(state["rng"])
     tmp = Path(path).with_suffix(".tmp")
-    torch.save(dict(state), tmp)
+    torch.save(state, tmp)
     tmp.replace(path)
 
 
 def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint` (it holds optimiser and RNG state objects, hence a full
-    unpickle: load only checkpoints you wrote)."""
-    return torch.load(path, weights_only=False)
+    """Read a checkpoint written by :func:`save_checkpoint`, with ``torch.load(weights_only=True)``: a file that
+    would run code when unpickled is refused, never executed.
+
+    Raises:
+        DamagedFileError: ``path`` is truncated, damaged, not a checkpoint or not one of this library (naming the
+            file and what is wrong).
+    """
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise DamagedFileError(path, "no such checkpoint") from None
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        detail = f"it holds {found.group(1)}, which a checkpoint never does" if found else "it cannot be unpickled"
+        raise DamagedFileError(path, f"refused: not a checkpoint of this library ({detail}); nothing in it was run"
+                               ) from None
+    except Exception as exc:  # torch reports a truncated or foreign file in several ways (RuntimeError, EOFError...)
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
+        raise DamagedFileError(path, f"truncated, damaged or not a checkpoint ({type(exc).__name__}: {detail})"
+                               ) from None
+    if not isinstance(state, dict):
+        raise DamagedFileError(path, f"not a checkpoint: it holds a {type(state).__name__}, not a dict")
+    for key, kind in CHECKPOINT_KEYS.items():
+        if not isinstance(state.get(key), kind) and not (kind is float and isinstance(state.get(key), int)):
+            raise DamagedFileError(path, f"not a checkpoint of this library: {key!r} is missing or not a "
+                                         f"{kind.__name__}")
+    try:
+        state["rng"] = _numpy_rng_from_tensors(state["rng"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise DamagedFileError(path, f"not a checkpoint of this library: bad RNG state ({exc})") from None
+    return state
 
 
 class Best(NamedTuple):
@@ -133,12 +191,22 @@ class Trainer:
         if self.checkpoint is None or not Path(self.checkpoint).exists():
             return 0
         state = load_checkpoint(self.checkpoint)
-        restore(state["params"])
-        self.optim.set_state(state["optim"])
-        self.minibatches.load_state(state["batches"])
+        current = {k: tuple(v.shape) for k, v in pyro.get_param_store().named_parameters()}
+        for entry in ("params", "best"):
+            saved = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None for k, v in state[entry].items()}
+            if saved != current:
+                raise DamagedFileError(self.checkpoint, f"its {entry!r} parameters do not match this fit's model "
+                                                        "(another model, settings or data?)")
+        try:
+            restore(state["params"])
+            self.optim.set_state(state["optim"])
+            self.minibatches.load_state(state["batches"])
+            pyro.util.set_rng_state(state["rng"])  # the ELBO's draws continue where they stopped: exact resumption
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise DamagedFileError(self.checkpoint, f"does not fit this fit's model and settings ({type(exc).__name__}"
+                                                    f": {exc})") from None
         self.history = state["history"]
-        pyro.util.set_rng_state(state["rng"])  # the ELBO's draws continue where they stopped: exact resumption
-        self.best = Best(state["best_loss"], state["best_step"], state["stale"], state["best"])
+        self.best = Best(float(state["best_loss"]), state["best_step"], state["stale"], state["best"])
         return state["step"]
 
     def _save(self, step: int) -> None:

@@ -1,0 +1,164 @@
+"""``python -m mavrl_ppl.fit`` under the faults of issue 27: every failure is one line with its exit status, found
+before the fit where it can be, and leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TINY = ["--env", "grid_trap", "--env-size", "3", "--feedback", "pref=8,rating=8", "--max-steps", "20",
+        "--num-posterior-samples", "20", "--quiet"]
+#: A fit that would run for hours: a failure reported quickly was found before fitting.
+ENDLESS = [*TINY, "--max-steps", "1000000", "--patience", "1000000"]
+
+
+def fit(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mavrl_ppl.fit", *args], capture_output=True, text=True,
+                          timeout=timeout, check=False, env={**os.environ, **(env or {})})
+
+
+def start_fit(*args: str) -> subprocess.Popen:
+    """A fit in the background; Ctrl-C reaches it even where this test runs with SIGINT ignored."""
+    return subprocess.Popen([sys.executable, "-m", "mavrl_ppl.fit", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def one_line(done: subprocess.CompletedProcess | str) -> str:
+    err = done if isinstance(done, str) else done.stderr
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def wait_for(predicate, proc: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("out", ["/sys/mavrl_ppl_test/run", "/proc/mavrl_ppl_test"])
+def test_an_out_that_cannot_be_written_fails_before_the_fit(out):
+    done = fit(*ENDLESS, "--out", out, timeout=60)  # a fit first would time out
+    assert done.returncode == 2
+    assert one_line(done).startswith("error: cannot ") and out in done.stderr
+
+
+def test_overwrite_onto_a_file_is_refused_up_front(tmp_path):
+    target = tmp_path / "notes.txt"
+    target.write_text("precious")
+    done = fit(*ENDLESS, "--out", str(target), "--overwrite", timeout=60)
+    assert done.returncode == 2 and "is not a directory" in one_line(done)
+    assert target.read_text() == "precious" and sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_a_huge_feedback_count_is_refused_with_the_estimate_and_the_limit(tmp_path):
+    done = fit(*TINY, "--feedback", "pref=100000000", "--out", str(tmp_path / "run"), timeout=60)
+    assert done.returncode == 2
+    line = one_line(done)
+    assert "--feedback pref=100000000" in line and "GiB of memory" in line and "MAVRL_MAX_MEMORY_GB" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_memory_limit_is_a_setting(tmp_path):
+    done = fit(*TINY, "--out", str(tmp_path / "run"), env={"MAVRL_MAX_MEMORY_GB": "0.05"}, timeout=60)
+    assert done.returncode == 2 and "MAVRL_MAX_MEMORY_GB=0.05" in one_line(done)
+    done = fit(*TINY, "--out", str(tmp_path / "run"), env={"MAVRL_MAX_MEMORY_GB": "lots"}, timeout=60)
+    assert done.returncode == 2 and "expected a positive number" in one_line(done)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("when", ["while importing", "while fitting"])
+def test_ctrl_c_exits_130_with_one_line_and_leaves_nothing(tmp_path, when):
+    runs = tmp_path / "runs"
+    proc = start_fit(*ENDLESS, "--out", str(runs / "run"))
+    try:
+        if when == "while fitting":
+            wait_for(lambda: runs.is_dir() and any(runs.iterdir()), proc)  # the run has claimed its directory
+            time.sleep(1.0)
+        else:
+            time.sleep(1.5)  # inside the imports of numpy, torch, pyro, xarray
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert one_line(err) == "interrupted: nothing was written"
+    assert not runs.exists() or list(runs.iterdir()) == []
+
+
+def test_sigterm_says_so_in_one_line(tmp_path):
+    proc = start_fit(*ENDLESS, "--out", str(tmp_path / "run"))
+    try:
+        wait_for(lambda: any(tmp_path.iterdir()), proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143 and one_line(err) == "terminated: nothing was written"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_run_leaves_a_claim_that_the_next_run_removes(tmp_path):
+    proc = start_fit(*ENDLESS, "--out", str(tmp_path / "killed"))
+    try:
+        wait_for(lambda: (tmp_path / ".killed.lock" / "work").is_dir(), proc)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert [p.name for p in tmp_path.iterdir()] == [".killed.lock"]  # SIGKILL cannot clean up
+    done = fit(*TINY, "--feedback", "pref=100000000", "--out", str(tmp_path / "next"), timeout=60)  # any next run
+    assert done.returncode == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_concurrent_fits_end_with_exactly_the_runs_reported_written(tmp_path):
+    """4 fits into 4 directories and 2 into one, started together: each directory holds the run that reported
+    writing it, and the other fit into the shared one stopped at once with one line (~1-3 minutes on 2 cores)."""
+    outs = [tmp_path / f"d{i}" for i in range(4)] + [tmp_path / "same"] * 2
+    procs = [subprocess.Popen([sys.executable, "-m", "mavrl_ppl.fit", *TINY, "--seed", str(i), "--out", str(out)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for i, out in enumerate(outs)]
+    errs = [p.communicate(timeout=900)[1] for p in procs]
+    written: dict[Path, int] = {}
+    for i, (out, proc, err) in enumerate(zip(outs, procs, errs, strict=True)):
+        line = one_line(err)
+        if proc.returncode == 0:
+            assert line == f"wrote {out}" and out not in written
+            written[out] = i
+        else:
+            assert proc.returncode == 2 and (f"{out}: another run is writing it" in line or "already exists" in line)
+    assert set(written) == set(outs)
+    for out, seed in written.items():
+        assert json.loads((out / "config.json").read_text())["seed"] == seed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d0", "d1", "d2", "d3", "same"]
+
+
+def test_a_damaged_run_record_names_the_file(tmp_path):
+    from mavrl_ppl.errors import DamagedFileError
+    from mavrl_ppl.runs import load_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text('{"env": "grid_trap"}')
+    (run / "metrics.json").write_text('{"normalized_score": 9')  # cut short
+    with pytest.raises(DamagedFileError) as info:
+        load_run(run)
+    assert str(info.value).startswith(f"{run / 'metrics.json'}: not a readable JSON record")
+    (run / "metrics.json").write_text("[1, 2]")
+    with pytest.raises(DamagedFileError, match="not a JSON object"):
+        load_run(run)
