@@ -61,7 +61,7 @@ def test_posterior_opens_in_arviz_and_summarises(two_runs):
         (["--env", "grid_nowhere"], "grid_nowhere"),
         (["--feedback", "pref=-3"], "pref"),
         (["--feedback", "gossip=4"], "gossip"),
-        (["--q-model", "oracle"], "q_model"),
+        (["--q-model", "oracle"], "--q-model"),
         (["--simulate", "stop.gossip=1"], "gossip"),
         (["--simulate", "nowhere.beta=1"], "nowhere"),
         (["--simulate", "stop.lapse=1.5"], "lapse"),
