@@ -291,11 +291,10 @@ class _Term:
             else:
                 self.space = space
                 self.rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(zlib.crc32(name.encode()),)))
-                self.units = dataset
                 if space.per_step:
-                    self.units = _one_step_items(dataset)
-                    self.unit_batch = batch_from_dataset(self.ft, self.units, _to_array)
-                    self.unit_index = _step_indices(self.units, groups)
+                    units = _one_step_items(dataset)
+                    self.unit_batch = batch_from_dataset(self.ft, units, _to_array)
+                    self.unit_index = _step_indices(units, groups)
                 else:
                     self.unit_batch, self.unit_index = self.batch, self.index
                 self.active = space.allowed.any(axis=0)
