@@ -160,8 +160,9 @@ def test_split_over_devices_runs_every_chain_on_its_device_and_keeps_their_order
     """4 and 3 chains on 2 devices: each chain runs exactly once and the outputs come back stacked in chain order."""
     result = run_python(
         "import json\n"
-        "from mavrl_ppl.baselines.mcmc import set_host_devices\n"
+        "from mavrl_ppl.baselines.mcmc import enable_x64, set_host_devices\n"
         "set_host_devices(2)\n"
+        "enable_x64()  # the chain's int64 callback; nothing switches float64 on at import\n"
         "import jax, jax.numpy as jnp\n"
         "from jax.experimental import io_callback\n"
         "from mavrl_ppl.baselines.mcmc.sampler import split_over_devices\n"
