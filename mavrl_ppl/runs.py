@@ -9,7 +9,9 @@ Read top to bottom, one run is:
 3. :func:`fit_problem`: SVI (tabular or control) or NUTS (tabular), the posterior as ``InferenceData`` and the metrics
    (tabular: the learned reward scored on the true reward; control: PPO retrained on it, true return).
 4. :func:`write_run`: ``config.json``, ``feedback.nc``, ``posterior.nc``, ``metrics.json`` and plots into a temporary
-   directory renamed to the run directory at the end, so a failed run leaves nothing behind.
+   directory renamed to the run directory at the end, so a failed run leaves nothing behind. :func:`run` claims the
+   run directory before step 2 (:mod:`mavrl_ppl.rundirs`: one run per directory at a time, checked before the fit),
+   and step 2 first refuses inputs too large for the machine's memory (:mod:`mavrl_ppl.limits`).
 
 :func:`run` chains the four; ``python -m mavrl_ppl.fit`` is a command line over it, and every experiment that runs many
 fits calls it (in process or through :mod:`mavrl_ppl.experiments.executor`). :func:`load_run` reads a run directory.
