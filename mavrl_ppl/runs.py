@@ -521,15 +521,15 @@ def run(settings: Mapping[str, Any] | None = None, out: Path | str | None = None
         overwrite: bool = False) -> RunResult:
     """One whole run: resolve the settings, build the problem, fit, write the run directory atomically.
 
+    ``out`` is claimed before anything else (:mod:`mavrl_ppl.rundirs`): a second run into the same directory stops at
+    once, and whether ``out`` can be written is known before the fit. The run is written into a temporary directory
+    renamed to ``out`` at the end; a failed or interrupted run leaves nothing behind.
+
     Args:
         settings: run settings (:data:`DEFAULTS`'s keys); resolved by :func:`resolve_config`.
         out: the run directory (default :func:`default_out`).
         progress: progress bars.
         overwrite: replace an existing ``out``.
-
-    ``out`` is claimed before anything else (:mod:`mavrl_ppl.rundirs`): a second run into the same directory stops at
-    once, and whether ``out`` can be written is known before the fit. The run is written into a temporary directory
-    renamed to ``out`` at the end; a failed or interrupted run leaves nothing behind.
 
     Raises:
         UsageError: bad settings or data, inputs too large for this machine's memory (:mod:`mavrl_ppl.limits`), or an
