@@ -64,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     from mavrl_ppl.inference.svi import SVISettings
     from mavrl_ppl.options import add_dataclass_arguments
 
-    p = OneLineParser(prog="python -m mavrl_ppl.fit", description=__doc__.split("\n\n")[0])
+    p = OneLineParser(prog="python -m mavrl_ppl.fit", description=__doc__.split("\n\n")[0],
+                      epilog="Inputs whose estimated memory exceeds the machine's are refused up front; the "
+                      "environment variable MAVRL_MAX_MEMORY_GB (GiB) sets another limit. Exit status: 0 success, 2 "
+                      "bad input, --out or damaged file (one line), 1 anything else (NUTS: also not converged), 130 "
+                      "Ctrl-C, 143 SIGTERM.")
     p.add_argument("--inference", choices=["svi", "nuts"], default=None, help="inference method (default svi)")
     p.add_argument("--env", default=None, metavar="ENV", help=f"tabular env ({', '.join(TABULAR_ENVS)}) or control "
                    f"env ({', '.join(CONTROL_ENVS)}; svi only) (default grid_trap, or the --data file's env)")
@@ -78,13 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "taken from the file)")
     p.add_argument("--seed", type=int, default=None, help="seed of the simulation and the inference (default 0)")
     p.add_argument("--out", type=Path, default=None, help="run directory (default runs/<inference>_<env>_seed<seed>)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
-    p.add_argument("--config", type=Path, default=None, help="TOML file of settings; command-line flags win")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out run directory (never a file "
+                   "or a directory without config.json)")
+    p.add_argument("--config", type=Path, default=None, help="TOML file of settings; command-line flags win (its "
+                   "plugin = [...] runs code: use only config files you trust)")
     p.add_argument("--allow-unconverged", action="store_true",
                    help="NUTS: exit 0 (with a warning) even if the convergence checks fail")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--plugin", action="append", default=None, metavar="MODULE_OR_FILE",
-                   help="import a module or .py file that registers feedback types (repeatable)")
+                   help="import (i.e. run) a module or .py file that registers feedback types (repeatable)")
     control = p.add_argument_group("control envs (PPO retraining on the learned reward)")
     control.add_argument("--ppo-timesteps", type=int, default=None, help="PPO steps (default: the env's)")
     control.add_argument("--eval-episodes", type=int, default=None, help="true-return episodes (default 100)")

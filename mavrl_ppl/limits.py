@@ -18,24 +18,28 @@ The estimate is ``BASE + MDP + DATA``:
   observations are one-hot) ``+ 4 x 8`` (actions and states, int64) ``+ 4`` (masks). With ``--data``, the file's
   arrays (read from its header) take the place of the simulated set.
 
-Calibration (peak resident memory of ``runs.run`` in a fresh process, SVI with 20 steps, grid_trap, torch 2.13 on a
-2-core Linux machine; the data size is the formula's feedback set):
+Calibration: peak resident memory (``ru_maxrss``) of ``runs.run`` in a fresh process, SVI with 20 steps on
+grid_trap, torch 2.13, a 2-core Linux machine, measured 2026-12 (MiB; "data" is the formula's feedback set, once):
 
-============================  =========  ============  ==============  ===========
-case                          states     data (MB)     peak RSS (MB)   (peak-base)/data
-============================  =========  ============  ==============  ===========
-3x3, pref=8,rating=8          9          0.01          501             (base)
-10x10, pref=4000              100        67            597             1.45
-10x10, pref=16000             100        268           1353            3.19
-10x10, rating=32000           100        268           1353            3.19
-10x10, pref=32000             100        535           2433            3.61
-10x10, stop=32000             100        268           {stop}          {stop_ratio}
-30x30, paper allocation       900        {a30_data}    {a30}           -
-45x45, paper allocation       2025       {a45_data}    {a45}           -
-============================  =========  ============  ==============  ===========
+=========================================  ==========  ===========  ==========  ========
+case                                       data        env S*A*S    peak RSS    estimate
+=========================================  ==========  ===========  ==========  ========
+3x3, pref=8,rating=8                       0.03        405          501         512
+10x10, pref=4000                           63.8        50 000       597         835
+10x10, pref=16000                          255         50 000       1353        1791
+10x10, rating=32000 (and stop=32000)       255         50 000       1353        1791
+10x10, pref=32000                          510         50 000       2433        3067
+10x10, pref=64000                          1021        50 000       4593        5618
+30x30, pref=64,demo=1,rating=64,stop=256   55.8        4.05 M       897         1100
+45x45, pref=64,demo=1,rating=64,stop=256   195         20.5 M       2116        3050
+=========================================  ==========  ===========  ==========  ========
 
-The copies grow towards four as the data outgrow the base (the split and the NetCDF writes each copy the set once),
-hence :data:`DATA_COPIES` = 4: the estimate is above every measured peak.
+From these: the base is 501 MiB; the feedback set costs ``(peak - base) / data`` = 1.5, 3.3, 3.8 and 4.0 copies at
+64, 255, 510 and 1021 MiB, and 4.2 copies at the margin (2433 -> 4593 MiB for 510 more), hence
+:data:`DATA_COPIES` = 5; the env costs 66-73 bytes per ``(s, a, s')`` entry on the large grids (the 30x30 and 45x45
+peaks less base and data), hence :data:`BYTES_PER_TRANSITION` = 80. Every estimate is above its measured peak (by
+2-45 %: demonstrations count at the episode cap), so a refused run would not have fitted, and a run that fits is not
+refused unless the machine is within a few tens of percent of its memory.
 """
 
 from __future__ import annotations
@@ -55,9 +59,9 @@ GIB = 2**30
 #: Resident memory of a tiny run: the interpreter and the libraries.
 BASE_BYTES = int(0.5 * GIB)
 #: Bytes per ``(s, a, s')`` entry of a tabular env, over every array built from it.
-BYTES_PER_TRANSITION = 64
-#: Copies of the feedback set alive at the peak of a run (measured up to 3.6, see the module docstring).
-DATA_COPIES = 4
+BYTES_PER_TRANSITION = 80
+#: Copies of the feedback set alive at the peak of a run (measured up to 4.2 at the margin, see the module docstring).
+DATA_COPIES = 5
 #: Bytes per segment step besides the two observations: action, next action, state, next state (int64) and masks.
 STEP_BYTES = 4 * 8 + 4
 

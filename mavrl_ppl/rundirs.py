@@ -150,10 +150,11 @@ def _remove_claim(claim: Path, fd: int) -> None:
 def clean_stale_claims(parent: Path | str, *, keep: Path | None = None) -> list[Path]:
     """Remove the claims (and half-written run directories) of dead runs in ``parent``.
 
-    A claim is stale when its lock is free; claims of live processes on this host, and claims being created right
-    now, are not even tried. Returns the claims removed.
+    A claim is stale when its lock is free (trying the lock of a live run's claim is harmless: the run holds it);
+    a claim without an owner record that is younger than :data:`YOUNG_SECONDS` is being created right now and is
+    left alone. Returns the claims removed.
     """
-    parent, removed, host = Path(parent), [], socket.gethostname()
+    parent, removed = Path(parent), []
     try:
         entries = [e for e in parent.iterdir() if e.name.startswith(".") and e.name.endswith(_SUFFIX)]
     except OSError:
@@ -169,8 +170,6 @@ def clean_stale_claims(parent: Path | str, *, keep: Path | None = None) -> list[
                 continue
             if young:
                 continue
-        elif record[1] == host and pid_alive(record[0]):
-            continue
         try:
             fd = _lock(claim, create=record is None)
         except OSError:
@@ -225,7 +224,8 @@ def claim_run_directory(out: Path | str, *, overwrite: bool = False, wait: float
     Args:
         out: the run directory.
         overwrite: replace an existing ``out`` (a run directory) at the end.
-        wait: seconds to wait for a claim held by another process before giving up.
+        wait: seconds to wait for a claim whose lock is held but whose owner record names no live run (a claim
+            being created, or a dead run's being removed); a live run's claim is refused at once.
 
     Raises:
         UsageError: ``out`` is being written by another run, exists (without ``overwrite``), is a file or not a run

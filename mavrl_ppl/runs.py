@@ -9,7 +9,9 @@ Read top to bottom, one run is:
 3. :func:`fit_problem`: SVI (tabular or control) or NUTS (tabular), the posterior as ``InferenceData`` and the metrics
    (tabular: the learned reward scored on the true reward; control: PPO retrained on it, true return).
 4. :func:`write_run`: ``config.json``, ``feedback.nc``, ``posterior.nc``, ``metrics.json`` and plots into a temporary
-   directory renamed to the run directory at the end, so a failed run leaves nothing behind.
+   directory renamed to the run directory at the end, so a failed run leaves nothing behind. :func:`run` claims the
+   run directory before step 2 (:mod:`mavrl_ppl.rundirs`: one run per directory at a time, checked before the fit),
+   and step 2 first refuses inputs too large for the machine's memory (:mod:`mavrl_ppl.limits`).
 
 :func:`run` chains the four; ``python -m mavrl_ppl.fit`` is a command line over it, and every experiment that runs many
 fits calls it (in process or through :mod:`mavrl_ppl.experiments.executor`). :func:`load_run` reads a run directory.
@@ -527,15 +529,15 @@ def run(settings: Mapping[str, Any] | None = None, out: Path | str | None = None
         overwrite: bool = False) -> RunResult:
     """One whole run: resolve the settings, build the problem, fit, write the run directory atomically.
 
+    ``out`` is claimed before anything else (:mod:`mavrl_ppl.rundirs`): a second run into the same directory stops at
+    once, and whether ``out`` can be written is known before the fit. The run is written into a temporary directory
+    renamed to ``out`` at the end; a failed or interrupted run leaves nothing behind.
+
     Args:
         settings: run settings (:data:`DEFAULTS`'s keys); resolved by :func:`resolve_config`.
         out: the run directory (default :func:`default_out`).
         progress: progress bars.
         overwrite: replace an existing ``out``.
-
-    ``out`` is claimed before anything else (:mod:`mavrl_ppl.rundirs`): a second run into the same directory stops at
-    once, and whether ``out`` can be written is known before the fit. The run is written into a temporary directory
-    renamed to ``out`` at the end; a failed or interrupted run leaves nothing behind.
 
     Raises:
         UsageError: bad settings or data, inputs too large for this machine's memory (:mod:`mavrl_ppl.limits`), or an

@@ -69,12 +69,23 @@ def test_a_huge_feedback_count_is_refused_with_the_estimate_and_the_limit(tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_memory_limit_is_a_setting(tmp_path):
+def test_the_memory_limit_is_a_setting(tmp_path, monkeypatch):
     done = fit(*TINY, "--out", str(tmp_path / "run"), env={"MAVRL_MAX_MEMORY_GB": "0.05"}, timeout=60)
     assert done.returncode == 2 and "MAVRL_MAX_MEMORY_GB=0.05" in one_line(done)
-    done = fit(*TINY, "--out", str(tmp_path / "run"), env={"MAVRL_MAX_MEMORY_GB": "lots"}, timeout=60)
-    assert done.returncode == 2 and "expected a positive number" in one_line(done)
     assert list(tmp_path.iterdir()) == []
+    from mavrl_ppl import limits
+    from mavrl_ppl.errors import UsageError
+    from mavrl_ppl.runs import resolve_config
+
+    huge = resolve_config({"env": "grid_trap", "env_size": 3, "feedback": "pref=100000000"})
+    monkeypatch.delenv(limits.ENV_VAR, raising=False)
+    with pytest.raises(UsageError, match="more than this machine's memory"):
+        limits.check_memory(huge)
+    monkeypatch.setenv(limits.ENV_VAR, "100000")  # raised: the same inputs pass
+    assert limits.check_memory(huge).total > 500 * limits.GIB
+    monkeypatch.setenv(limits.ENV_VAR, "lots")
+    with pytest.raises(UsageError, match="expected a positive number"):
+        limits.check_memory(huge)
 
 
 @pytest.mark.parametrize("when", ["while importing", "while fitting"])

@@ -257,3 +257,31 @@ def test_cli_names_a_broken_record_and_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith(f"error: {records / f'{ENV}_seed0.json'}: not a baseline-table record")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_fit_killed_in_the_tables_runs_leaves_nothing_once_the_table_runs_again(tmp_path: Path) -> None:
+    """SIGKILL (an out-of-memory kill, a lost node) cannot clean up: the table's next fit into the same directory
+    removes what the killed one left."""
+    import signal
+    import time
+
+    from mavrl_ppl.experiments.baseline_table import run_fit
+
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    out = runs_dir / f"svi_{ENV}_seed0"
+    tiny = ["--env", ENV, "--env-size", "3", "--feedback", "pref=8,rating=8", "--num-posterior-samples", "20"]
+    killed = subprocess.Popen([sys.executable, "-m", "mavrl_ppl.fit", *tiny, "--max-steps", "1000000", "--patience",
+                               "1000000", "--quiet", "--out", str(out)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(runs_dir.iterdir()) and time.monotonic() < deadline and killed.poll() is None:
+            time.sleep(0.1)
+        time.sleep(0.5)
+    finally:
+        killed.send_signal(signal.SIGKILL)
+        killed.wait()
+    assert [p.name.startswith(f".{out.name}.") for p in runs_dir.iterdir()] == [True]  # the killed fit's left-over
+    result = run_fit({"env": ENV, "env_size": 3, "feedback": "pref=8,rating=8",
+                      "svi": {"max_steps": 20, "num_posterior_samples": 20}}, out)
+    assert result["converged"] and sorted(p.name for p in runs_dir.iterdir()) == [out.name]
