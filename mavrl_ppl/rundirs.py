@@ -215,6 +215,40 @@ def _signals_held() -> Iterator[None]:
             signal.signal(s, handler)
 
 
+def _make_parent(out: Path) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:  # a file where a parent directory should be
+        raise UsageError(f"cannot create the run directory {out}: {exc.filename} is not a directory") from None
+    except OSError as exc:
+        raise UsageError(f"cannot create the run directory {out}: {_why(exc)}") from None
+
+
+def _acquire(claim: Path, out: Path, wait: float) -> tuple[int, bool]:
+    """Create (or take over) the claim directory and hold its lock: ``(lock fd, created)``."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            claim.mkdir()
+            created = True
+        except FileExistsError:
+            created = False
+        except OSError as exc:
+            raise UsageError(f"cannot write the run directory {out}: {_why(exc)}") from None
+        try:
+            fd = _lock(claim, create=True)
+        except OSError as exc:
+            raise UsageError(f"cannot lock {claim} for the run directory {out}: {_why(exc)}") from None
+        if fd is not None:
+            return fd, created
+        record = _owner_record(claim)
+        live = record is not None and (record[1] != socket.gethostname() or pid_alive(record[0]))
+        if live or time.monotonic() > deadline:  # else a dead run's claim being cleaned, or one being created
+            raise UsageError(f"{out}: another run is writing it ({_describe_owner(claim)}); wait for it to finish or "
+                             "choose another --out")
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def claim_run_directory(out: Path | str, *, overwrite: bool = False, wait: float = WAIT_SECONDS) -> Iterator[Path]:
     """Claim ``out`` for this run; yield the directory to write the run into; publish it as ``out`` at the end.
@@ -235,35 +269,10 @@ def claim_run_directory(out: Path | str, *, overwrite: bool = False, wait: float
     if out.name in ("", ".", ".."):
         raise UsageError(f"--out {out}: name the run directory itself")
     parent = out.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except FileExistsError as exc:  # a file where a parent directory should be
-        raise UsageError(f"cannot create the run directory {out}: {exc.filename} is not a directory") from None
-    except OSError as exc:
-        raise UsageError(f"cannot create the run directory {out}: {_why(exc)}") from None
+    _make_parent(out)
     _check_target(out, overwrite)
     claim = claim_path(out)
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            claim.mkdir()
-            created = True
-        except FileExistsError:
-            created = False
-        except OSError as exc:
-            raise UsageError(f"cannot write the run directory {out}: {_why(exc)}") from None
-        try:
-            fd = _lock(claim, create=True)
-        except OSError as exc:
-            raise UsageError(f"cannot lock {claim} for the run directory {out}: {_why(exc)}") from None
-        if fd is not None:
-            break
-        record = _owner_record(claim)
-        live = record is not None and (record[1] != socket.gethostname() or pid_alive(record[0]))
-        if live or time.monotonic() > deadline:  # else a dead run's claim being cleaned, or one being created
-            raise UsageError(f"{out}: another run is writing it ({_describe_owner(claim)}); wait for it to finish or "
-                             "choose another --out")
-        time.sleep(0.05)
+    fd, created = _acquire(claim, out, wait)
     try:
         if not created:  # a dead run's claim: its half-written files go
             _clear(claim)

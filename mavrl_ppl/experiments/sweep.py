@@ -87,6 +87,7 @@ from mavrl_ppl.experiments.budget import (
     parse_subset,
     subset_name,
 )
+from mavrl_ppl.rundirs import pid_alive
 
 if TYPE_CHECKING:
     from mavrl_ppl.inference.svi import SVISettings
@@ -475,20 +476,6 @@ def is_counted(trial: FrozenTrial) -> bool:
     return trial.state == TrialState.COMPLETE or (trial.state == TrialState.FAIL and "error" in trial.user_attrs)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (killed, not yet reaped) answers the signal check but is not running
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, stale_after: float) -> list[int]:
     """Mark as FAIL (attribute ``interrupted``) the RUNNING trials whose worker is gone.
 
@@ -504,7 +491,7 @@ def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage,
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         attrs = t.user_attrs
         reason = None
-        if attrs.get("worker_host") == host and "worker_pid" in attrs and not _pid_alive(int(attrs["worker_pid"])):
+        if attrs.get("worker_host") == host and "worker_pid" in attrs and not pid_alive(int(attrs["worker_pid"])):
             reason = f"worker {host}:{attrs['worker_pid']} is gone"
         else:
             last = attrs.get("heartbeat")
