@@ -754,7 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command; exit status 0 when the table was written (failed fits are in it), 2 on bad arguments, 1 when
-    the ``--cluster`` scheduler cannot be reached."""
+    the ``--cluster`` scheduler cannot be reached or is lost mid-table (finished runs are kept: rerun to continue)."""
     args = build_parser().parse_args(argv)
     try:
         seeds = parse_seeds(args.seeds)

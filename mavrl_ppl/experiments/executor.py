@@ -19,7 +19,9 @@ A worker that dies mid-task (killed, out of memory, its machine gone):
   on in a fresh pool;
 * Dask: the scheduler hands the task to another worker (Dask's ``distributed.scheduler.allowed-failures``, 3 by
   default: a task is tried on up to 4 workers); a task whose workers all died is failed with Dask's ``KilledWorker``
-  error. A task that *raises* is never retried, in either case: its error is the outcome.
+  error. A task that *raises* is never retried, in either case: its error is the outcome. If this process loses the
+  scheduler itself for good, :func:`run_tasks` raises :class:`ClusterUnreachable` (the finished tasks' results are
+  where the tasks put them; run again to continue).
 
 Dask workers are long-lived processes that run many tasks one after another, so a task must not rely on a fresh
 process (the table's fits do not: :func:`mavrl_ppl.runs._fit_nuts` keeps the JAX devices of a worker whose JAX is up).
@@ -45,7 +47,7 @@ MESSAGE_CHARS = 600
 
 
 class ClusterUnreachable(OSError):
-    """The Dask scheduler named by ``cluster`` could not be reached (raised before any task runs)."""
+    """The Dask scheduler named by ``cluster`` could not be reached, or was lost mid-run."""
 
 
 class Task(NamedTuple):
@@ -164,7 +166,9 @@ def run_tasks(
 
     Raises:
         ValueError: duplicate task names, ``jobs < 1``, a malformed ``cluster`` or ``cluster`` with ``in_process``.
-        ClusterUnreachable: the Dask scheduler cannot be reached (before any task runs).
+        ClusterUnreachable: the Dask scheduler cannot be reached (before any task runs), or the connection to it is
+            lost for good mid-run (Dask's client reconnects for a while first); the tasks that finished before have
+            had their ``on_done`` call.
     """
     from tqdm.auto import tqdm
 
@@ -355,7 +359,11 @@ def _run_dask(scheduler: _Scheduler, cluster: Any) -> None:
                 scheduler.finish(task.name, Outcome("ok", value, seconds=seconds))
             elif future.status == "error":
                 scheduler.finish(task.name, Outcome("failed", message=_dask_failure(future)))
-            else:  # cancelled or lost: the scheduler forgot it, or this client lost the scheduler
+            elif client.status != "running":  # this client lost the scheduler: nothing more will run
+                unfinished = len(running) + 1 + len(scheduler.pending)
+                raise ClusterUnreachable(f"lost the Dask scheduler {_label(cluster)} ({unfinished} tasks unfinished; "
+                                         "finished tasks keep their results: run again to continue)")
+            else:  # cancelled by someone else, or forgotten by the scheduler
                 scheduler.finish(task.name, Outcome("failed", message=f"the Dask scheduler lost the task "
                                                                       f"({future.status})"))
             future.release()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -93,6 +94,37 @@ def test_an_unreachable_scheduler_is_one_clear_error() -> None:
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}), pytest.raises(
             ClusterUnreachable, match=r"cannot reach the Dask scheduler tcp://127\.0\.0\.1:9"):
         run_tasks([Task("a", square, (1,))], cluster="tcp://127.0.0.1:9", progress=False)
+
+
+def test_losing_the_scheduler_mid_run_is_one_clear_error(tmp_path: Path) -> None:
+    """A scheduler of its own (separate processes, as on a real cluster), killed after the first task finishes."""
+    file = tmp_path / "scheduler.json"
+    local = ["--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"]
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--port", "0",
+                               "--scheduler-file", str(file), *local], stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.time() + 120
+        while not file.is_file() and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)  # the file is written in one go, but give it a moment
+        address = json.loads(file.read_text())["address"]
+        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads",
+                                       "1", *local], stderr=subprocess.DEVNULL))
+        finished: list[str] = []
+
+        def kill_scheduler(name: str, outcome: object) -> None:
+            finished.append(name)
+            if len(finished) == 1:
+                procs[0].kill()
+
+        tasks = [Task(f"t{i}", time.sleep, (0.3,)) for i in range(20)]
+        with pytest.raises(ClusterUnreachable, match=r"lost the Dask scheduler .* tasks unfinished"):
+            run_tasks(tasks, cluster=address, progress=False, on_done=kill_scheduler)
+        assert 1 <= len(finished) < 20
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(timeout=60)
 
 
 # ------------------------------------------------------------------------------------------------ the table
