@@ -18,7 +18,10 @@ coverage both ways, mean |difference| in NUTS sds, Wasserstein-1). Writes ``base
 ``baseline_table.md``, ``baseline_table.tex`` and ``baseline_table.png`` (bars with standard-error whiskers) into
 ``DIR``.
 
-Bookkeeping: independent fits run in ``--jobs`` parallel worker processes; a run directory with ``metrics.json`` is
+Bookkeeping: independent fits run in ``--jobs`` parallel worker processes, or on a Dask cluster with ``--cluster
+tcp://HOST:8786`` (workers on other machines; ``DIR`` must be on a file system they all share, under the same path)
+or ``--cluster local:N`` (N local Dask workers); a fit whose Dask worker dies is rerun on another worker (up to Dask's
+``allowed-failures``, then failed). A run directory with ``metrics.json`` is
 reused (runs are written atomically, so only finished runs have one). Once every run of an env and seed has finished,
 the cell's figures (each run's ``metrics.json``, the Post-Hoc scores, the agreement) go to ``--records`` (default
 ``DIR/records``) as ``<env>_seed<S>.json``; a later call with the same settings takes the cell from there without its
@@ -47,7 +50,7 @@ import xarray as xr
 from mavrl_ppl.analysis.report import format_mean_se, latex_escape, latex_tabular, markdown_table, mean_se
 from mavrl_ppl.baselines.mcmc.settings import RHAT_MAX
 from mavrl_ppl.envs.allocation import GRID_ALLOCATION, format_counts
-from mavrl_ppl.experiments.executor import Outcome, Task, run_tasks
+from mavrl_ppl.experiments.executor import ClusterUnreachable, Outcome, Task, check_cluster, run_tasks
 
 __all__ = [
     "METHODS",
@@ -263,7 +266,7 @@ def _write_single_type_data(source: Path, target: Path, single_type: str) -> Non
 
 
 def run_fits(fits: Sequence[FitSpec], *, jobs: int, fit: FitFunction, config: Callable[[FitSpec], dict[str, Any]],
-             progress: bool = True, in_process: bool = False) -> dict[str, _Outcome]:
+             progress: bool = True, in_process: bool = False, cluster: Any = None) -> dict[str, _Outcome]:
     """Run every fit not already finished, ``jobs`` at a time, each after the run it depends on.
 
     Args:
@@ -273,6 +276,8 @@ def run_fits(fits: Sequence[FitSpec], *, jobs: int, fit: FitFunction, config: Ca
         config: the run settings of a fit.
         progress: show a progress bar over fits.
         in_process: run the fits in this process (tests).
+        cluster: run the fits on Dask (:func:`mavrl_ppl.experiments.executor.run_tasks`' ``cluster``); ``fit`` must
+            then be picklable by reference (a module-level function) and the run directories on a shared path.
 
     Returns:
         Run name -> outcome, for every fit.
@@ -281,7 +286,8 @@ def run_fits(fits: Sequence[FitSpec], *, jobs: int, fit: FitFunction, config: Ca
     reused = {f.name: Outcome("ok") for f in fits if (f.out / "metrics.json").is_file()}
     tasks = [Task(f.name, _fit_task, (fit, config(f), f.out, by_name[f.depends_on].out / "feedback.nc"
                                       if f.depends_on else None, f.single_type), f.depends_on) for f in fits]
-    done = run_tasks(tasks, jobs=jobs, in_process=in_process, done=reused, progress=progress, desc="fits")
+    done = run_tasks(tasks, jobs=jobs, in_process=in_process, done=reused, progress=progress, desc="fits",
+                     cluster=cluster)
     return {f.name: _classify(f, None if f.name in reused else done[f.name]) for f in fits}
 
 
@@ -566,9 +572,24 @@ def table_to_markdown(ds: xr.Dataset) -> str:
         lines += ["", f"Total wall time of this invocation: {float(ds.attrs['wall_seconds']):.1f} s "
                   f"({int(ds.attrs.get('fits_run', 0))} fits run, {int(ds.attrs.get('fits_reused', 0))} reused "
                   f"({int(ds.attrs.get('cells_from_records', 0))} env-seed cells from their records), "
-                  f"{int(ds.attrs.get('jobs', 1))} parallel jobs); the runs' own total_seconds sum to "
+                  f"{_parallel_text(ds)}); the runs' own total_seconds sum to "
                   f"{float(ds.attrs.get('runs_total_seconds', np.nan)):.1f} s."]
     return "\n".join(lines) + "\n"
+
+
+def _cluster_label(cluster: Any) -> str:
+    """How the table names where its fits ran: ``""`` (local processes), the ``--cluster`` text, or a cluster
+    object's scheduler address."""
+    if cluster is None:
+        return ""
+    if isinstance(cluster, str):
+        return cluster
+    return f"{type(cluster).__name__} {getattr(cluster, 'scheduler_address', '')}".strip()
+
+
+def _parallel_text(ds: xr.Dataset) -> str:
+    cluster = str(ds.attrs.get("cluster", ""))
+    return f"on the Dask cluster {cluster}" if cluster else f"{int(ds.attrs.get('jobs', 1))} parallel jobs"
 
 
 def _seed_text(ds: xr.Dataset) -> str:
@@ -640,6 +661,7 @@ def build_table(
     progress: bool = True,
     records: Path | None = None,
     in_process: bool = False,
+    cluster: Any = None,
 ) -> xr.Dataset:
     """Run (or reuse) every fit, assemble the table and write ``baseline_table.{nc,md,tex,png}`` into ``out``.
 
@@ -658,13 +680,16 @@ def build_table(
             the same settings is taken from it and not fitted, even where its run directories are gone; every cell
             whose runs all finish gets one.
         in_process: run the fits in this process instead of worker processes (tests, debugging).
+        cluster: run the fits on a Dask cluster instead of local worker processes: a scheduler address
+            (``tcp://HOST:8786``), ``local:N``, or a ``distributed`` cluster object (``jobs`` is then unused). The
+            run directories go to ``out`` made absolute, which every worker must reach under that same path.
 
     Returns:
         The table Dataset (also written as ``baseline_table.nc``).
     """
     t0 = time.perf_counter()
     jobs = jobs or os.cpu_count() or 1
-    out = Path(out)
+    out = Path(out) if cluster is None else Path(out).absolute()  # workers elsewhere do not share our cwd
     records = Path(records) if records is not None else out / "records"
     settings = record_settings(feedback, env_size, svi_config, nuts_config)
     cells = {(env, seed): load_record(records, env, seed, settings) for env in envs for seed in seeds}
@@ -678,7 +703,8 @@ def build_table(
         return fit_config(spec, feedback=feedback, env_size=env_size, svi_settings=svi_settings,
                           nuts_settings=nuts_settings)
 
-    outcomes = run_fits(fits, jobs=jobs, fit=fit, config=config, progress=progress, in_process=in_process)
+    outcomes = run_fits(fits, jobs=jobs, fit=fit, config=config, progress=progress, in_process=in_process,
+                        cluster=cluster)
     for cell, cell_fits in _cell_fits(fits).items():
         cells[cell] = summarize_cell(cell_fits, outcomes, settings)
         if cells[cell]["complete"]:
@@ -691,7 +717,7 @@ def build_table(
         fits_reused=reused_runs + len(recorded) * len(runs), cells_from_records=len(recorded),
         fits_run=sum(not o.reused and o.status not in ("skipped",) for o in outcomes.values()), jobs=int(jobs),
         feedback=feedback, svi_config=str(svi_config or ""), nuts_config=str(nuts_config or ""),
-        records=str(records),
+        records=str(records), cluster=_cluster_label(cluster),
     )
     ds.attrs["runs_total_seconds"] = float(sum(float(run["metrics"].get("total_seconds", 0.0))
                                                for cell in cells.values() for run in cell["runs"].values()))
@@ -713,6 +739,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", default=["0-9"], help="seeds: ranges and lists, e.g. 0-9 or 0,3,5")
     p.add_argument("--out", type=Path, required=True, help="output directory (runs/, data/, records/, tables, figure)")
     p.add_argument("--jobs", type=int, default=None, help="parallel fits (default: number of cores)")
+    p.add_argument("--cluster", default=None,
+                   help="run the fits on Dask instead: a scheduler address (tcp://HOST:8786; --out on a file system "
+                        "every worker shares) or local:N (N local worker processes); --jobs is then unused")
     p.add_argument("--feedback", default=DEFAULT_FEEDBACK, help=f"all-types allocation (default {DEFAULT_FEEDBACK})")
     p.add_argument("--env-size", type=int, default=None, help="grid side for every fit (default: the env's)")
     p.add_argument("--svi-config", type=Path, default=None, help="TOML settings file for the SVI fits")
@@ -725,12 +754,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command; exit status 0 when the table was written (failed fits are in it), 2 on bad arguments or a
-    broken record, 130 on Ctrl-C (one line; finished runs and records are kept for the next call)."""
+    broken record, 1 when the ``--cluster`` scheduler cannot be reached or is lost mid-table, 130 on Ctrl-C (one
+    line each; finished runs and records are kept for the next call)."""
     args = build_parser().parse_args(argv)
     try:
         seeds = parse_seeds(args.seeds)
         if args.jobs is not None and args.jobs < 1:
             raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+        if args.cluster is not None:
+            check_cluster(args.cluster)
         for path in (args.svi_config, args.nuts_config):
             if path is not None and not path.is_file():
                 raise ValueError(f"{path}: no such file")
@@ -744,13 +776,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ds = build_table(args.envs, seeds, args.out, jobs=args.jobs, feedback=args.feedback, env_size=args.env_size,
                          svi_config=svi_config, nuts_config=nuts_config, progress=not args.quiet,
-                         records=args.records)
+                         records=args.records, cluster=args.cluster)
     except RecordError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished runs and records are kept; run the command again to continue", file=sys.stderr)
         return 130
+    except ClusterUnreachable as exc:  # nothing has run
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     sys.stdout.write(table_to_markdown(ds))
     print(f"wrote {args.out}/baseline_table.{{nc,md,tex,png}}", file=sys.stderr)
     return 0

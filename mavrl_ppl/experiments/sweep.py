@@ -38,7 +38,12 @@ finds RUNNING trials of dead processes on its own host at once (pid check) and t
 heartbeat (refreshed every ``--heartbeat`` seconds) is older than ``--stale-after`` seconds.
 
 Storage: a path means Optuna's journal file (default ``runs/studies.journal``); a URL (``sqlite:///...``,
-``postgresql://...``) means Optuna's RDB storage. A study stores its cell (env, subset, mode, objective, seeds, the
+``postgresql://USER@HOST:PORT/DB``) means Optuna's RDB storage. PostgreSQL is the one for workers on several machines
+(``postgresql://`` is opened with psycopg 3). If the storage fails mid-study (the database stopped, the connection
+lost), a worker stops with one line ``error: the study storage ... failed: <cause>`` and exit status 1: every
+finished trial is in the database already; the trial it was running stays RUNNING until the next worker marks it
+interrupted (on this host at once, elsewhere after ``--stale-after``), so rerunning the command once the database is
+back continues the study. A study stores its cell (env, subset, mode, objective, seeds, the
 complete SVI base settings) and search space; rerunning under the same name with anything different is an error
 (exit 2), e.g. after the SVI defaults changed: use a new ``--study`` name.
 
@@ -48,7 +53,8 @@ bytes are kept in ``<journal>.damaged-<time>-<pid>`` beside it) and says so in o
 from their last whole record: nothing but the interrupted write is lost. A journal damaged before its last record is
 refused (exit 2, naming the line): restore it from a copy.
 
-Exit status: 0 done, 2 bad arguments or a journal damaged before its last record, 1 anything else, 130 interrupted.
+Exit status: 0 done, 2 bad arguments or a journal damaged before its last record, 1 the storage failed or
+anything else, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -327,7 +333,7 @@ def open_storage(target: str | os.PathLike) -> optuna.storages.BaseStorage:
     """
     text = str(target)
     if "://" in text:
-        return optuna.storages.RDBStorage(text)
+        return optuna.storages.RDBStorage(*_rdb_url(text))
     path = Path(text)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -434,6 +440,45 @@ class RepairingJournalBackend(optuna.storages.journal.JournalFileBackend):
                 os.fsync(handle.fileno())
         finally:
             self._file_lock.release()
+
+
+#: Seconds a PostgreSQL connection attempt may take before the worker gives up (libpq's default waits forever).
+CONNECT_TIMEOUT = 10
+
+
+def _rdb_url(url: str) -> tuple[str, dict[str, Any]]:
+    """An RDB URL as SQLAlchemy should open it, and its engine options.
+
+    ``postgresql://`` (SQLAlchemy's default driver there is psycopg2, which this package does not install) goes to
+    psycopg 3 (``postgresql+psycopg://``); PostgreSQL connections are checked before use (``pool_pre_ping``: a
+    server restarted under a long-lived worker costs no failed call) and give up after :data:`CONNECT_TIMEOUT`
+    seconds.
+    """
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            url = "postgresql+psycopg://" + url.removeprefix(prefix)
+    if url.startswith("postgresql+"):
+        return url, {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT}}
+    return url, {}
+
+
+def storage_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean the study's storage failed (a database gone, a connection lost), not a trial."""
+    import sqlalchemy.exc
+
+    return (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
+
+
+def describe_storage_error(exc: BaseException) -> str:
+    """One line naming a storage failure by its cause (Optuna's own wrapper only says the commit failed)."""
+    cause: BaseException = exc
+    while cause.__cause__ is not None and isinstance(cause, (optuna.exceptions.StorageInternalError,)):
+        cause = cause.__cause__
+    orig = getattr(cause, "orig", None)  # SQLAlchemy's DBAPIError wraps the driver's exception
+    if orig is not None:
+        cause = orig
+    text = " ".join(str(cause).split())
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
 
 
 class TrialSeededTPE(optuna.samplers.BaseSampler):
@@ -638,6 +683,8 @@ def run_study(
             trial.set_user_attr("interrupted", "KeyboardInterrupt")
             study.tell(trial, state=TrialState.FAIL)
             raise
+        except storage_errors():  # the storage failed, not the trial: left RUNNING, later marked interrupted
+            raise
         except Exception as exc:
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             study.tell(trial, state=TrialState.FAIL)
@@ -739,15 +786,39 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the running trial is marked FAIL (interrupted); rerun to continue", file=sys.stderr)
         return 130
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    summary: dict[str, Any] = {"study": name, "counted": sum(map(is_counted, study.get_trials(deepcopy=False))),
-                               "complete": len(complete)}
+    except storage_errors() as exc:
+        print(_storage_failure(args.storage, exc), file=sys.stderr)
+        return 1
+    try:
+        trials = study.get_trials(deepcopy=False)
+    except storage_errors() as exc:
+        print(_storage_failure(args.storage, exc), file=sys.stderr)
+        return 1
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    summary: dict[str, Any] = {"study": name, "counted": sum(map(is_counted, trials)), "complete": len(complete)}
     if complete:
-        best = study.best_trial
+        best = max(complete, key=lambda t: t.value) if spec.direction == "maximize" else min(
+            complete, key=lambda t: t.value)
         summary.update(best_trial=best.number, best_value=best.value, best_params=best.params,
                        counts=best.user_attrs.get("counts"))
     print(json.dumps(summary))
     return 0
+
+
+def _storage_failure(storage: str, exc: BaseException) -> str:
+    """The one-line message of a worker whose storage failed (exit status 1)."""
+    shown = _hide_password(str(storage))
+    return (f"error: the study storage {shown} failed: {describe_storage_error(exc)}; finished trials are kept, "
+            "the running one is marked interrupted by the next worker; rerun to continue")
+
+
+def _hide_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}{':***' if ':' in credentials else ''}@{host}"
 
 
 if __name__ == "__main__":
