@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -25,10 +26,16 @@ def fit(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess
 
 
 def start_fit(*args: str) -> subprocess.Popen:
-    """A fit in the background; Ctrl-C reaches it even where this test runs with SIGINT ignored."""
-    return subprocess.Popen([sys.executable, "-m", "mavrl_ppl.fit", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    """A fit in the background; Ctrl-C reaches it even where this test runs with SIGINT ignored.
+
+    ``preexec_fn`` makes Python fork through its at-fork hooks, and JAX (imported by earlier tests of the same session)
+    warns there that forking a multithreaded process may deadlock; the child only resets a signal and execs, so that
+    warning is silenced here instead of turning into an error under the suite's ``-W error``."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+        return subprocess.Popen([sys.executable, "-m", "mavrl_ppl.fit", *args], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def one_line(done: subprocess.CompletedProcess | str) -> str:
