@@ -321,6 +321,24 @@ def objective_value(spec: CellSpec, evaluation: Mapping[str, list]) -> float:
 # ------------------------------------------------------------------------------------------------ storage
 
 
+#: Attempts at opening an RDB storage: workers started together race to create Optuna's tables, and the losers see a
+#: unique-key violation (measured: 2 of 3 PostgreSQL workers started at once); by the next attempt the tables exist.
+RDB_ATTEMPTS = 5
+
+
+def _open_rdb(url: str) -> optuna.storages.BaseStorage:
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(RDB_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(*_rdb_url(url))
+        except (IntegrityError, ProgrammingError):
+            if attempt == RDB_ATTEMPTS - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def open_storage(target: str | os.PathLike) -> optuna.storages.BaseStorage:
     """A journal-file storage for a path, Optuna's RDB storage for a URL (``sqlite:///``, ``postgresql://``).
 
@@ -333,7 +351,7 @@ def open_storage(target: str | os.PathLike) -> optuna.storages.BaseStorage:
     """
     text = str(target)
     if "://" in text:
-        return optuna.storages.RDBStorage(*_rdb_url(text))
+        return _open_rdb(text)
     path = Path(text)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
