@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     from mavrl_ppl.baselines.mcmc.settings import NutsSettings
     from mavrl_ppl.envs.control import CONTROL_ENVS
     from mavrl_ppl.envs.grids import TABULAR_ENVS
-    from mavrl_ppl.inference.svi import SVISettings
+    from mavrl_ppl.inference.settings import SVISettings
     from mavrl_ppl.options import add_dataclass_arguments
 
     p = OneLineParser(prog="python -m mavrl_ppl.fit", description=__doc__.split("\n\n")[0],

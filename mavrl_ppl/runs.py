@@ -166,7 +166,7 @@ def _env_from_data(config: dict[str, Any], *, explicit_env: bool) -> None:
 def settings_class(table: str) -> type:
     """The dataclass behind a settings table: ``svi`` -> ``SVISettings``, ``nuts`` -> ``NutsSettings``."""
     if table == "svi":
-        from mavrl_ppl.inference.svi import SVISettings
+        from mavrl_ppl.inference.settings import SVISettings
 
         return SVISettings
     from mavrl_ppl.baselines.mcmc.settings import NutsSettings

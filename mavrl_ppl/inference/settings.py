@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from mavrl_ppl.models.networks import ENCODER_INPUTS
-from mavrl_ppl.models.settings import BELLMAN_TARGETS, ModelSettings
+from mavrl_ppl.models.settings import BELLMAN_TARGETS, ENCODER_INPUTS, ModelSettings
 from mavrl_ppl.options import option
 
 #: How the likelihoods get action values on a tabular env (``SVISettings.q_model``).

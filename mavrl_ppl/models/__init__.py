@@ -1,22 +1,33 @@
-"""The Pyro joint feedback model: reward encoder, Q-network, ``model()`` and the amortized ``guide()``."""
+"""The Pyro joint feedback model: reward encoder, Q-network, ``model()`` and the amortized ``guide()``.
 
-from mavrl_ppl.models.joint import FeedbackLikelihood, JointFeedbackModel
-from mavrl_ppl.models.networks import ENCODER_INPUTS, QNetwork, RewardEncoder, transition_features
-from mavrl_ppl.models.rewards import StepRewards, TiedRewards
-from mavrl_ppl.models.settings import BELLMAN_TARGETS, ModelSettings
-from mavrl_ppl.models.values import NetworkValues, PlannedValues
+Importing this package imports neither torch nor Pyro: the names below load their modules on first use, so the
+command line can read :class:`ModelSettings` and its choices without starting torch (~1.5 s per command).
+"""
 
-__all__ = [
-    "BELLMAN_TARGETS",
-    "ENCODER_INPUTS",
-    "FeedbackLikelihood",
-    "JointFeedbackModel",
-    "ModelSettings",
-    "NetworkValues",
-    "PlannedValues",
-    "QNetwork",
-    "RewardEncoder",
-    "StepRewards",
-    "TiedRewards",
-    "transition_features",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from mavrl_ppl.models.settings import BELLMAN_TARGETS, ENCODER_INPUTS, ModelSettings
+
+_LAZY = {
+    "FeedbackLikelihood": "joint",
+    "JointFeedbackModel": "joint",
+    "QNetwork": "networks",
+    "RewardEncoder": "networks",
+    "transition_features": "networks",
+    "StepRewards": "rewards",
+    "TiedRewards": "rewards",
+    "NetworkValues": "values",
+    "PlannedValues": "values",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["BELLMAN_TARGETS", "ENCODER_INPUTS", "ModelSettings", *_LAZY]

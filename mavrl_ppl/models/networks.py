@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-#: What the encoder sees of a transition x = (s, a, s').
-ENCODER_INPUTS = ("state", "state_action", "transition")
+from mavrl_ppl.models.settings import ENCODER_INPUTS
 
 
 def mlp(in_dim: int, hidden: int, layers: int, out_dim: int) -> nn.Sequential:

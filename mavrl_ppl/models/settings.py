@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mavrl_ppl.models.networks import ENCODER_INPUTS
+#: What the encoder sees of a transition x = (s, a, s').
+ENCODER_INPUTS = ("state", "state_action", "transition")
 
 #: How the Bellman-consistency target treats the next step: ``Q(s', a')`` at the data's next action (``"data"``, the
 #: reference's SARSA-style target) or ``max_a' Q(s', a')`` (``"max"``, the optimality target the teachers plan with).
@@ -17,7 +18,7 @@ class ModelSettings:
 
     Attributes:
         encoder_input: what the encoder sees of a transition, one of
-            :data:`~mavrl_ppl.models.networks.ENCODER_INPUTS`.
+            :data:`ENCODER_INPUTS`.
         hidden: hidden width of the encoder and the Q-network.
         layers: hidden layers of both networks.
         kl_weight: scale on the reward prior and guide sites (1 = exact ELBO).

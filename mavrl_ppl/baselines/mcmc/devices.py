@@ -1,8 +1,10 @@
-"""JAX process settings for the NUTS path: float64 and the number of host (CPU) devices for parallel chains."""
+"""JAX process settings for the NUTS path: float64, the number of host (CPU) devices for parallel chains and the
+persistent compilation cache."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import jax
 
@@ -11,6 +13,42 @@ def enable_x64() -> None:
     """Run every JAX computation of this process in float64 (value iteration and the likelihoods need it:
     ``Q*`` reaches ``|r| / (1 - gamma) = 20 |r|`` and NUTS's energy error is a difference of such sums)."""
     jax.config.update("jax_enable_x64", True)
+
+
+#: Environment variable naming JAX's persistent compilation cache directory; ``off`` disables the cache.
+CACHE_ENV = "MAVRL_JAX_CACHE"
+
+
+def compilation_cache_dir() -> Path | None:
+    """Where compiled NUTS programs are kept between runs: ``$MAVRL_JAX_CACHE``, else
+    ``$XDG_CACHE_HOME/mavrl_ppl/jax`` (``~/.cache/mavrl_ppl/jax``); ``None`` when the variable is ``off``."""
+    value = os.environ.get(CACHE_ENV, "")
+    if value.lower() == "off":
+        return None
+    if value:
+        return Path(value)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mavrl_ppl" / "jax"
+
+
+def enable_compilation_cache() -> Path | None:
+    """Keep compiled XLA programs on disk so that a repeated run (the same model and data shapes, e.g. a re-run or a
+    resumed table) loads them instead of compiling again. JAX keys each entry on the program, the compile options,
+    the backend and its own version, so a stale entry is never used. Entries that compiled in under 0.5 s are not
+    worth the disk and are skipped.
+
+    Returns:
+        The cache directory, or ``None`` if ``MAVRL_JAX_CACHE=off`` or it cannot be created (then nothing is cached).
+    """
+    path = compilation_cache_dir()
+    if path is None:
+        return None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return path
 
 
 def set_host_devices(n: int | None = None) -> int:

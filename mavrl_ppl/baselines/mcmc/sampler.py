@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.infer import MCMC, NUTS
 
-from mavrl_ppl.baselines.mcmc.devices import enable_x64
+from mavrl_ppl.baselines.mcmc.devices import enable_compilation_cache, enable_x64
 from mavrl_ppl.baselines.mcmc.diagnostics import arviz, nuts_diagnostics
 from mavrl_ppl.baselines.mcmc.init import dispersed_starts
 from mavrl_ppl.baselines.mcmc.model import make_model, nuisance_sites
@@ -173,6 +173,7 @@ def run_nuts(mdp: TabularMDP, feedback: Mapping[str, Any], settings: NutsSetting
 
     settings = settings or NutsSettings()
     enable_x64()
+    enable_compilation_cache()
     start = time.perf_counter()
     model, inputs = make_model(mdp, feedback, q_method=settings.q_method)
     functions = model_functions(model, inputs)

@@ -275,3 +275,15 @@ def test_split_over_devices_draws_what_sequential_chains_draw():
     difference, between_chains = json.loads(result.stdout.strip().splitlines()[-1])
     assert difference < 1e-6
     assert between_chains > 1e-3  # the chains of the second round are not copies of the first
+
+
+def test_the_compilation_cache_directory_follows_the_environment(monkeypatch, tmp_path):
+    from mavrl_ppl.baselines.mcmc.devices import compilation_cache_dir
+
+    monkeypatch.setenv("MAVRL_JAX_CACHE", str(tmp_path / "c"))
+    assert compilation_cache_dir() == tmp_path / "c"
+    monkeypatch.setenv("MAVRL_JAX_CACHE", "OFF")
+    assert compilation_cache_dir() is None
+    monkeypatch.delenv("MAVRL_JAX_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert compilation_cache_dir() == tmp_path / "xdg" / "mavrl_ppl" / "jax"
