@@ -26,7 +26,7 @@ HEADER = "## Default test suite: time and peak memory (issue 18)"
 #: pytest runs in the probe's own process, so RUSAGE_SELF is the pytest process's peak and RUSAGE_CHILDREN the largest
 #: peak of any process the suite started and waited for (the CLI tests' fits).
 PROBE = ("import resource, sys, pytest\n"
-         "code = pytest.main(['-q', '-p', 'no:cacheprovider', '--durations=8'])\n"
+         "code = pytest.main(['-q', '-p', 'no:cacheprovider', '--durations=8', '-rf'])\n"
          "print('PEAK_SELF_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
          "print('PEAK_CHILD_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
          "sys.exit(int(code))\n")
@@ -62,7 +62,8 @@ def one_run() -> dict:
     return {"wall": wall, "exit": done.returncode, "summary": summary.strip("= "),
             "peak_pytest_mb": peak["PEAK_SELF_KB"] / 1024,
             "peak_tree_mb": peak_tree / 2**20, "peak_any_child_mb": peak["PEAK_CHILD_KB"] / 1024,
-            "load_before": load_before, "load_after": os.getloadavg()[0], "slowest": slowest}
+            "load_before": load_before, "load_after": os.getloadavg()[0], "slowest": slowest,
+            "failed": [x for x in lines if x.startswith("FAILED")]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for _ in range(args.repeats):
         runs.append(one_run())
-        print({k: v for k, v in runs[-1].items() if k != "slowest"}, flush=True)
+        print({k: v for k, v in runs[-1].items() if k not in ("slowest", "failed")}, *runs[-1]["failed"], sep="\n",
+              flush=True)
     walls = sorted(r["wall"] for r in runs)
     lines = [HEADER, "", f"Command: `python benchmarks/test_suite.py --repeats {args.repeats}` (runs `pytest` as the "
              f"README does: two pytest-xdist workers). Machine: {info['nproc']} cores, {info['cpu']}, "

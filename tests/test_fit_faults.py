@@ -25,15 +25,37 @@ def fit(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess
                           timeout=timeout, check=False, env={**os.environ, **(env or {})})
 
 
-def start_fit(*args: str) -> subprocess.Popen:
-    """A fit in the background; Ctrl-C reaches it even where this test runs with SIGINT ignored.
+#: Runs the command with its first import of torch held for 60 s after touching the file named by argv[1]: a test
+#: that must interrupt the command inside its imports waits for that file instead of guessing a time.
+HOLD_TORCH_IMPORT = """
+import pathlib, runpy, sys, time
+READY = pathlib.Path(sys.argv[1])
+class HoldTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            sys.meta_path.remove(self)
+            READY.touch()
+            time.sleep(60)
+        return None
+sys.meta_path.insert(0, HoldTorch())
+sys.argv = ["fit", *sys.argv[2:]]
+runpy.run_module("mavrl_ppl.fit", run_name="__main__")
+"""
+
+
+def start_fit(*args: str, hold_torch_import: Path | None = None) -> subprocess.Popen:
+    """A fit in the background; Ctrl-C reaches it even where this test runs with SIGINT ignored. With
+    ``hold_torch_import``, the command touches that file and pauses when it first imports torch.
 
     ``preexec_fn`` makes Python fork through its at-fork hooks, and JAX (imported by earlier tests of the same session)
     warns there that forking a multithreaded process may deadlock; the child only resets a signal and execs, so that
     warning is silenced here instead of turning into an error under the suite's ``-W error``."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-        return subprocess.Popen([sys.executable, "-m", "mavrl_ppl.fit", *args], stdout=subprocess.DEVNULL,
+        command = ["-m", "mavrl_ppl.fit"]
+        if hold_torch_import is not None:
+            command = ["-c", HOLD_TORCH_IMPORT, str(hold_torch_import)]
+        return subprocess.Popen([sys.executable, *command, *args], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
@@ -98,13 +120,14 @@ def test_the_memory_limit_is_a_setting(tmp_path, monkeypatch):
 @pytest.mark.parametrize("when", ["while importing", "while fitting"])
 def test_ctrl_c_exits_130_with_one_line_and_leaves_nothing(tmp_path, when):
     runs = tmp_path / "runs"
-    proc = start_fit(*ENDLESS, "--out", str(runs / "run"))
+    importing = tmp_path / "importing-torch"
+    proc = start_fit(*ENDLESS, "--out", str(runs / "run"), hold_torch_import=importing if when == "while importing"
+                     else None)
     try:
         if when == "while fitting":
-            wait_for(lambda: runs.is_dir() and any(runs.iterdir()), proc)  # the run has claimed its directory
-            time.sleep(1.0)
+            wait_for(lambda: runs.is_dir() and any(runs.rglob("checkpoint.pt")), proc)  # SVI has taken its steps
         else:
-            time.sleep(1.5)  # inside the imports of numpy, torch, pyro, xarray
+            wait_for(importing.exists, proc)  # inside the import of torch
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
