@@ -14,8 +14,7 @@ when first used: ``python -m mavrl_ppl.fit`` starts its own code (and its Ctrl-C
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from mavrl_ppl._lazy import lazy_exports
 
 _EXPORTS = {
     "DamagedFileError": "mavrl_ppl.errors",
@@ -32,19 +31,7 @@ _EXPORTS = {
     "save_feedback": "mavrl_ppl.feedback.data",
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'mavrl_ppl' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
-
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __all__ = [
     "DamagedFileError",

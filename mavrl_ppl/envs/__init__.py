@@ -1,6 +1,7 @@
 """Tabular MDPs with exact dynamics, vectorised rollouts, and gymnasium adapters (their solvers:
 :mod:`mavrl_ppl.planning`)."""
 
+from mavrl_ppl._lazy import lazy_exports
 from mavrl_ppl.envs.grids import (
     GRID_ACTIONS,
     TABULAR_ENVS,
@@ -16,16 +17,8 @@ from mavrl_ppl.envs.tabular import TabularMDP, start_value, uniform_policy
 
 # The gymnasium adapter is loaded on first use: importing mavrl_ppl.envs (every solver, simulator, and the
 # CLI's --help) should not pay for importing gymnasium.
-_LAZY = {"TabularEnv", "make_tabular_env", "register_tabular_envs"}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        from mavrl_ppl.envs import gym_adapter
-
-        return getattr(gym_adapter, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+_LAZY = {"TabularEnv": ".gym_adapter", "make_tabular_env": ".gym_adapter", "register_tabular_envs": ".gym_adapter"}
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 __all__ = [
     "GRID_ACTIONS",

@@ -6,28 +6,20 @@ command line can read :class:`ModelSettings` and its choices without starting to
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from mavrl_ppl._lazy import lazy_exports
 from mavrl_ppl.models.settings import BELLMAN_TARGETS, ENCODER_INPUTS, ModelSettings
 
 _LAZY = {
-    "FeedbackLikelihood": "joint",
-    "JointFeedbackModel": "joint",
-    "QNetwork": "networks",
-    "RewardEncoder": "networks",
-    "transition_features": "networks",
-    "StepRewards": "rewards",
-    "TiedRewards": "rewards",
-    "NetworkValues": "values",
-    "PlannedValues": "values",
+    "FeedbackLikelihood": ".joint",
+    "JointFeedbackModel": ".joint",
+    "QNetwork": ".networks",
+    "RewardEncoder": ".networks",
+    "transition_features": ".networks",
+    "StepRewards": ".rewards",
+    "TiedRewards": ".rewards",
+    "NetworkValues": ".values",
+    "PlannedValues": ".values",
 }
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 __all__ = ["BELLMAN_TARGETS", "ENCODER_INPUTS", "ModelSettings", *_LAZY]

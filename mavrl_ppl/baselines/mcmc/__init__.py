@@ -9,29 +9,21 @@ parallel on the host's cores.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from mavrl_ppl._lazy import lazy_exports
 from mavrl_ppl.baselines.mcmc.settings import RHAT_MAX, NutsSettings
 
 _LAZY = {
-    "enable_x64": "devices",
-    "set_host_devices": "devices",
-    "nuts_diagnostics": "diagnostics",
-    "TabularFeedbackModel": "model",
-    "make_model": "model",
-    "plot_nuts_diagnostics": "plots",
-    "ModelFunctions": "potential",
-    "model_functions": "potential",
-    "NutsResult": "sampler",
-    "run_nuts": "sampler",
+    "enable_x64": ".devices",
+    "set_host_devices": ".devices",
+    "nuts_diagnostics": ".diagnostics",
+    "TabularFeedbackModel": ".model",
+    "make_model": ".model",
+    "plot_nuts_diagnostics": ".plots",
+    "ModelFunctions": ".potential",
+    "model_functions": ".potential",
+    "NutsResult": ".sampler",
+    "run_nuts": ".sampler",
 }
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 __all__ = ["RHAT_MAX", "NutsSettings", *_LAZY]
