@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import arviz as az
 import pytest
@@ -23,16 +21,32 @@ def fit(*args: str) -> subprocess.CompletedProcess:
                           timeout=600, check=False)
 
 
+# Runs the fit command as ``python -m`` does and prints, last, the JAX/NumPyro modules it imported.
+NO_JAX_PROBE = ("import runpy, sys; sys.argv = ['fit', *sys.argv[1:]]\n"
+                "try:\n    runpy.run_module('mavrl_ppl.fit', run_name='__main__')\nexcept SystemExit as e:\n"
+                "    assert e.code == 0, e.code\n"
+                "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'numpyro')))")
+
+
+class RunPair(list):
+    """Two run directories, and the first run's stdout."""
+
+    probe_stdout: str = ""
+
+
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory):
+    """Two SVI runs of the same seed, started together (the two cores): the same seed must give the same run even
+    when two run at once. The first goes through ``NO_JAX_PROBE``; its stdout is kept as ``two_runs.probe_stdout``."""
     root = tmp_path_factory.mktemp("fit")
-    runs = [root / "a", root / "b"]
-    # started together (the two cores): the same seed must give the same run even when two run at once
-    procs = [subprocess.Popen([sys.executable, "-m", "mavrl_ppl.fit", *TINY, "--seed", "7", "--out", str(out)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for out in runs]
-    for proc in procs:
-        _, stderr = proc.communicate(timeout=600)
+    runs = RunPair([root / "a", root / "b"])
+    launchers = ([sys.executable, "-c", NO_JAX_PROBE], [sys.executable, "-m", "mavrl_ppl.fit"])
+    procs = [subprocess.Popen([*launcher, *TINY, "--seed", "7", "--out", str(out)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for launcher, out in zip(launchers, runs, strict=True)]
+    outputs = [proc.communicate(timeout=600) for proc in procs]
+    for proc, (_, stderr) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, stderr
+    runs.probe_stdout = outputs[0][0]
     return runs
 
 
@@ -126,36 +140,8 @@ def test_terminated_run_leaves_nothing_behind(tmp_path):
     assert list(runs.iterdir()) == []
 
 
-def test_svi_run_does_not_import_jax(tmp_path):
-    probe = ("import runpy, sys; sys.argv = ['fit', *sys.argv[1:]]\n"
-             "try:\n    runpy.run_module('mavrl_ppl.fit', run_name='__main__')\nexcept SystemExit as e:\n"
-             "    assert e.code == 0, e.code\n"
-             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'numpyro')))")
-    done = subprocess.run([sys.executable, "-c", probe, *TINY, "--out", str(tmp_path / "r")], capture_output=True,
-                          text=True, timeout=600, check=False)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip().splitlines()[-1] == "[]"
-
-
-def test_nuts_run_records_its_diagnostics_and_exit_status_follows_the_verdict(tmp_path):
-    """``--inference nuts`` on a 3x3 grid with 2 short chains (~20 s, mostly XLA compilation): the NUTS outputs, the
-    diagnostics in metrics.json, and exit 1 exactly when the run's own verdict is "not converged"."""
-    args = ["--inference", "nuts", "--env", "grid_trap", "--env-size", "3", "--feedback",
-            "pref=8,demo=1,rating=8,stop=16", "--num-chains", "2", "--num-warmup", "60", "--num-samples", "60",
-            "--seed", "1", "--quiet"]
-    done = fit(*args, "--out", str(tmp_path / "a"))
-    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    assert done.returncode == (0 if metrics["converged"] else 1), done.stderr
-    if not metrics["converged"]:
-        assert "error: NUTS did not converge" in done.stderr
-    assert {p.name for p in (tmp_path / "a").iterdir()} >= {"posterior.nc", "metrics.json", "nuts_trace.png",
-                                                             "nuts_rank.png"}
-    idata = az.from_netcdf(str(tmp_path / "a" / "posterior.nc"))
-    assert metrics["mean_steps"] == pytest.approx(float(idata.sample_stats["n_steps"].mean()))
-    assert metrics["init_seconds"] == pytest.approx(idata.attrs["init_seconds"])
-    assert 0 < metrics["init_seconds"] < metrics["fit_seconds"]
-    assert len(metrics["lp_chain_means"]) == 2 and metrics["inference"] == "nuts"
-    assert any(Path(os.environ["MAVRL_JAX_CACHE"]).iterdir())  # the compiled sampler was kept for the next run
+def test_svi_run_does_not_import_jax(two_runs):
+    assert two_runs.probe_stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_data_brings_its_env_and_a_contradicting_env_or_feedback_is_refused(two_runs, tmp_path):
