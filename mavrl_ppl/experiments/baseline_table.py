@@ -258,9 +258,7 @@ def _write_single_type_data(source: Path, target: Path, single_type: str) -> Non
 
     if target.is_file():
         return
-    feedback = load_feedback(source)
-    if single_type not in feedback:
-        raise KeyError(f"{source} holds no {single_type!r} group")
+    feedback = load_feedback(source, groups=[single_type])
     target.parent.mkdir(parents=True, exist_ok=True)
     save_feedback(target, {single_type: feedback[single_type]})
 

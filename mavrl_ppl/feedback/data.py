@@ -23,7 +23,7 @@ import json
 import os
 import secrets
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -411,17 +411,19 @@ def _restore(name: str, dataset: xr.Dataset) -> xr.Dataset:
     return dataset
 
 
-def load_feedback(path: str | os.PathLike) -> dict[str, xr.Dataset]:
-    """Read every group of a feedback file into memory, restore dtypes and attributes, validate the set.
+def load_feedback(path: str | os.PathLike, groups: Sequence[str] | None = None) -> dict[str, xr.Dataset]:
+    """Read the groups of a feedback file into memory, restore dtypes and attributes, validate the set.
 
     Args:
         path: a NetCDF-4 file written by :func:`save_feedback` (or by any tool that follows DESIGN §2).
+        groups: read only these groups (each costs ~0.07 s through h5netcdf, whatever its size); ``None``: all.
 
     Returns:
         Type name -> data set, in the file's group order, fully loaded (no file handle stays open).
 
     Raises:
-        FeedbackDataError: the file is missing, is not NetCDF-4/HDF5, holds no groups, or fails validation.
+        FeedbackDataError: the file is missing, is not NetCDF-4/HDF5, holds no groups (or not a requested one), or
+            fails validation.
     """
     import h5netcdf
 
@@ -435,6 +437,11 @@ def load_feedback(path: str | os.PathLike) -> dict[str, xr.Dataset]:
         raise FeedbackDataError(f"cannot read as NetCDF-4: {exc}", path=path) from None
     if not names:
         raise FeedbackDataError("the file holds no feedback groups", path=path)
+    if groups is not None:
+        for name in groups:
+            if name not in names:
+                raise FeedbackDataError(f"no such group (the file holds {', '.join(names)})", path=path, group=name)
+        names = [name for name in names if name in groups]
     feedback = {}
     for name in names:
         try:

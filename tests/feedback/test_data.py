@@ -329,6 +329,18 @@ def test_round_trip_keeps_group_order_and_single_cutpoint(teacher, tmp_path):
     _assert_exact(data, load_feedback(tmp_path / "f.nc"))
 
 
+def test_load_selected_groups_only_and_a_missing_one_is_named(teacher, tmp_path):
+    data = simulate_feedback(teacher, {"stop": 8, "rating": 8, "pref": 4}, np.random.default_rng(3))
+    path = tmp_path / "f.nc"
+    save_feedback(path, data)
+    picked = load_feedback(path, groups=["pref", "stop"])
+    assert list(picked) == ["stop", "pref"]  # the file's order
+    _assert_exact({name: data[name] for name in picked}, picked)
+    with pytest.raises(FeedbackDataError, match="no such group") as info:
+        load_feedback(path, groups=["demo"])
+    assert (info.value.path, info.value.group) == (str(path), "demo")
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to list open files")
 def test_load_leaves_no_open_file(paper_set, tmp_path):
     path = str(tmp_path / "feedback.nc")
