@@ -60,6 +60,7 @@ anything else, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -324,18 +325,33 @@ def objective_value(spec: CellSpec, evaluation: Mapping[str, list]) -> float:
 #: Attempts at opening an RDB storage: workers started together race to create Optuna's tables, and the losers see a
 #: unique-key violation (measured: 2 of 3 PostgreSQL workers started at once); by the next attempt the tables exist.
 RDB_ATTEMPTS = 5
+# The PostgreSQL advisory-lock key under which workers open a study storage one at a time ("mavr" in ASCII).
+SCHEMA_LOCK = 0x6D617672
 
 
 def _open_rdb(url: str) -> optuna.storages.BaseStorage:
+    """Optuna's RDB storage for ``url``. Opening it creates Optuna's tables if they are missing, and several workers
+    started together on a fresh database race to create them: on PostgreSQL they take turns under an advisory lock
+    (released by the server if a worker dies holding it); elsewhere (SQLite) a failed creation is retried."""
+    import sqlalchemy
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
-    for attempt in range(RDB_ATTEMPTS):
-        try:
-            return optuna.storages.RDBStorage(*_rdb_url(url))
-        except (IntegrityError, ProgrammingError):
-            if attempt == RDB_ATTEMPTS - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1))
+    url, options = _rdb_url(url)
+    with contextlib.ExitStack() as stack:
+        if url.startswith("postgresql+"):
+            engine = sqlalchemy.create_engine(url, **options)
+            stack.callback(engine.dispose)
+            connection = stack.enter_context(engine.connect())
+            lock = {"key": SCHEMA_LOCK}
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), lock)
+            stack.callback(connection.execute, sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), lock)
+        for attempt in range(RDB_ATTEMPTS):
+            try:
+                return optuna.storages.RDBStorage(url, engine_kwargs=options)
+            except (IntegrityError, ProgrammingError):
+                if attempt == RDB_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
     raise AssertionError("unreachable")
 
 

@@ -17,10 +17,9 @@ from postgres import PostgresServer
 
 from mavrl_ppl.experiments import sweep
 
-# Slow for now: 1 of 4 runs of this module failed on a loaded 2-core machine (three workers racing on one fresh
-# database; the schema-creation race is retried in sweep._open_rdb) and the cause of the remaining flake is not
-# settled; run with `pytest -m slow tests/experiments/test_sweep_postgres.py`.
-pytestmark = pytest.mark.slow
+# Their own CI step (`pytest -m postgres`, .ci/run): a server of their own, and three sweep workers that need the
+# machine's two cores to themselves more than the default suite's two test workers can give them.
+pytestmark = pytest.mark.postgres
 
 TINY = ["--env", "chain", "--eval-every", "5", "--seeds", "1", "--quiet"]
 
