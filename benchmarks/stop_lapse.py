@@ -92,12 +92,14 @@ def section() -> str:
     records = [json.loads(p.read_text()) for p in sorted(RECORDS.glob("*.json"))]
     records.sort(key=lambda r: (r["lapse"], r["env"], r["seed"]))
     lines = [SECTION, "",
-             "Command: `python benchmarks/stop_lapse.py` (module docstring); runs: `python -m mavrl_ppl.fit --inference "
-             "nuts --env ENV --seed S --simulate stop.lapse=L` with every other setting at its default (4 chains x "
-             "1000 draws after 500 warm-up). Records: `benchmarks/stop_lapse_records/`. Mean steps = leapfrog steps "
-             "per draw (machine-free work); fit = sampling with compilation and the start-up, on the machine named.",
+             "Command: `python benchmarks/stop_lapse.py` (module docstring); runs: `python -m mavrl_ppl.fit "
+             "--inference nuts --env ENV --seed S --simulate stop.lapse=L` with every other setting at its default "
+             "(4 chains x 1000 draws after 500 warm-up). Records: `benchmarks/stop_lapse_records/`. Mean steps = "
+             "leapfrog steps per draw (machine-free work); fit = sampling with compilation and the start-up, on the "
+             "machine named.",
              "", "| lapse | env | seed | divergences | R-hat max | log-density R-hat | bulk ESS min | mean steps | "
-             "step size | score | fit | machine, load at start |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+             "step size | score | fit | machine, load at start |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in records:
         m = r.get("machine", {})
         lines.append(f"| {r['lapse']:g} | {r['env']} | {r['seed']} | {r['divergences']} | {r['rhat_max']:.3f} | "
@@ -105,7 +107,8 @@ def section() -> str:
                      f"{r['step_size_mean']:.4f} | {r['normalized_score']:.1f} | {r['fit_seconds']:.0f} s | "
                      f"{m.get('cpu', '?')}, {m.get('load', '?')} |")
     lines += ["", "Per lapse and env:", "", "| lapse | env | runs | runs with divergences | divergences (total) | "
-              "worst R-hat | worst bulk ESS | median mean steps | median fit |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+              "worst R-hat | worst bulk ESS | median mean steps | median fit |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     groups: dict[tuple[float, str], list[dict]] = {}
     for r in records:
         groups.setdefault((r["lapse"], r["env"]), []).append(r)
