@@ -237,6 +237,8 @@ def make_problem(config: Mapping[str, Any]) -> Problem:
         feedback = _simulate(config, mdp)
     if not feedback:
         raise UsageError("no feedback to fit: every count is zero")
+    if "stop" in feedback:  # the stop model fitted (absent attribute: the paper's lapse-free model), for the record
+        config["stop_lapse"] = float(feedback["stop"].attrs.get("lapse", 0.0))
     return Problem(config, mdp, feedback)
 
 

@@ -107,6 +107,15 @@ def test_simulator_settings_reach_the_data_and_the_config(tmp_path):
     assert feedback["demo"].attrs["beta"] == 10.0  # other types keep their defaults
     config = json.loads((out / "config.json").read_text())
     assert config["simulate"] == {"stop": {"lapse": 0.02}, "pref": {"beta": 2}}
+    assert config["stop_lapse"] == 0.02
+
+
+def test_the_runs_stop_model_is_in_the_data_and_the_config(two_runs):
+    from mavrl_ppl.feedback.data import load_feedback
+    from mavrl_ppl.feedback.stop import LAPSE
+
+    assert load_feedback(two_runs[0] / "feedback.nc", groups=["stop"])["stop"].attrs["lapse"] == LAPSE
+    assert json.loads((two_runs[0] / "config.json").read_text())["stop_lapse"] == LAPSE
 
 
 def test_bad_data_file_exits_2(tmp_path):

@@ -388,8 +388,13 @@ def record_settings(feedback: str = DEFAULT_FEEDBACK, env_size: int | None = Non
         env_size: ``--env-size`` of every fit.
         svi_config: TOML settings file of the SVI fits (its text is compared, not its path).
         nuts_config: TOML settings file of the NUTS fits.
+
+    The stop model's lapse (the simulator's default, :data:`mavrl_ppl.feedback.stop.LAPSE`) is part of them: a record
+    made under another default is not reused.
     """
-    return {"feedback": feedback, "env_size": env_size,
+    from mavrl_ppl.feedback.stop import LAPSE
+
+    return {"feedback": feedback, "env_size": env_size, "stop_lapse": LAPSE,
             "svi_config": svi_config.read_text() if svi_config else None,
             "nuts_config": nuts_config.read_text() if nuts_config else None}
 
@@ -433,8 +438,9 @@ def load_record(records: Path, env: str, seed: int, settings: dict[str, Any]) ->
         return None
     try:
         record = json.loads(path.read_text())
-        matches = record["settings"] == settings and record["complete"] and {"runs", "posthoc", "agreement"} <= set(
-            record)
+        # Records from before the stop lapse was a setting were made with the paper's lapse-free model.
+        made_with = {"stop_lapse": 0.0, **record["settings"]}
+        matches = made_with == settings and record["complete"] and {"runs", "posthoc", "agreement"} <= set(record)
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
         raise RecordError(f"{path}: not a baseline-table record ({exc}); delete it to refit this cell") from None
     return record if matches else None
@@ -558,6 +564,10 @@ def table_to_markdown(ds: xr.Dataset) -> str:
         return markdown_table(header, rows).split("\n")
 
     lines = [f"## Baseline table: mean ± standard error over seeds {_seed_text(ds)}", ""]
+    if "stop_lapse" in ds.attrs:
+        lapse = float(ds.attrs["stop_lapse"])
+        lines += [f"Stop model: lapse {lapse:g}" + (" (the paper's lapse-free model)." if lapse == 0 else
+                                                    " (simulated and modelled; 0 is the paper's model)."), ""]
     lines += table(MAIN_HEADER, main)
     lines += ["", "Post-Hoc = average of the single-type SVI posterior means; its fit time is the sum of the "
               "single-type fits. Failed runs are excluded from means and counted in 'runs ok'; unconverged NUTS "
@@ -715,7 +725,7 @@ def build_table(
         fits_reused=reused_runs + len(recorded) * len(runs), cells_from_records=len(recorded),
         fits_run=sum(not o.reused and o.status not in ("skipped",) for o in outcomes.values()), jobs=int(jobs),
         feedback=feedback, svi_config=str(svi_config or ""), nuts_config=str(nuts_config or ""),
-        records=str(records), cluster=_cluster_label(cluster),
+        records=str(records), cluster=_cluster_label(cluster), stop_lapse=float(settings["stop_lapse"]),
     )
     ds.attrs["runs_total_seconds"] = float(sum(float(run["metrics"].get("total_seconds", 0.0))
                                                for cell in cells.values() for run in cell["runs"].values()))

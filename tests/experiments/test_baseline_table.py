@@ -233,7 +233,7 @@ def test_a_nuts_run_is_judged_by_its_recorded_verdict() -> None:
     assert not _converged({"rhat_max": 1.004, "divergences": 0})
 
 
-def test_records_finish_a_table_without_the_runs_and_only_for_the_same_settings(tmp_path: Path) -> None:
+def test_records_finish_a_table_without_the_runs_and_only_for_the_same_settings(tmp_path: Path, monkeypatch) -> None:
     records = tmp_path / "records"
     first = FakeFit(fail=["svi-demo_grid_trap_seed2"], unconverged=["nuts_grid_trap_seed1"])
     ds1 = build_table([ENV], SEEDS, tmp_path / "a", jobs=2, fit=first, progress=False, records=records, in_process=True)
@@ -263,6 +263,36 @@ def test_records_finish_a_table_without_the_runs_and_only_for_the_same_settings(
     build_table([ENV], [0], tmp_path / "c", jobs=1, fit=third, progress=False, records=records, in_process=True,
                 feedback="pref=8,demo=1,rating=8,stop=8")
     assert len(third.calls) == 6
+
+    # Records made under another default stop model are not reused either; the table states the model.
+    import mavrl_ppl.feedback.stop
+
+    assert ds2.attrs["stop_lapse"] == mavrl_ppl.feedback.stop.LAPSE
+    assert "Stop model: lapse 0 (the paper's lapse-free model)." in (tmp_path / "b" / "baseline_table.md").read_text()
+    monkeypatch.setattr(mavrl_ppl.feedback.stop, "LAPSE", 0.01)
+    fourth = FakeFit()
+    ds4 = build_table([ENV], [0], tmp_path / "d", jobs=1, fit=fourth, progress=False, records=records,
+                      in_process=True)
+    assert len(fourth.calls) == 6 and ds4.attrs["stop_lapse"] == 0.01
+    assert "Stop model: lapse 0.01 (simulated and modelled" in (tmp_path / "d" / "baseline_table.md").read_text()
+
+
+def test_a_record_from_before_the_stop_lapse_setting_counts_as_the_lapse_free_model(tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    import mavrl_ppl.feedback.stop
+
+    records = tmp_path / "records"
+    build_table([ENV], [0], tmp_path / "a", jobs=1, fit=FakeFit(), progress=False, records=records, in_process=True)
+    path = records / f"{ENV}_seed0.json"
+    record = json.loads(path.read_text())
+    del record["settings"]["stop_lapse"]  # as the records of benchmarks/baseline_table_records were written
+    path.write_text(json.dumps(record))
+    for lapse, refits in ((0.0, 0), (0.01, 6)):
+        monkeypatch.setattr(mavrl_ppl.feedback.stop, "LAPSE", lapse)
+        again = FakeFit()
+        build_table([ENV], [0], tmp_path / f"b{lapse}", jobs=1, fit=again, progress=False, records=records,
+                    in_process=True)
+        assert len(again.calls) == refits, lapse
 
 
 def test_cli_names_a_broken_record_and_exits_2(tmp_path: Path) -> None:
