@@ -65,6 +65,7 @@ __all__ = [
     "run_fit",
     "run_names",
     "save_record",
+    "settings_table",
     "summarize_cell",
     "table_to_latex",
     "table_to_markdown",
@@ -630,7 +631,7 @@ def plot_table(ds: xr.Dataset, path: Path) -> Path:
                              title=f"mean ± SE over seeds {_seed_text(ds)}")
 
 
-def _settings_table(path: Path | None, table: str) -> dict[str, Any] | None:
+def settings_table(path: Path | None, table: str) -> dict[str, Any] | None:
     """The ``[table]`` settings of a TOML file (a file of bare keys is the table itself).
 
     Raises:
@@ -695,7 +696,7 @@ def build_table(
     fits = [f for f in plan_fits(envs, seeds, out, feedback=feedback) if (f.env, f.seed) not in recorded]
     reused_runs = sum((f.out / "metrics.json").is_file() for f in fits)
 
-    svi_settings, nuts_settings = _settings_table(svi_config, "svi"), _settings_table(nuts_config, "nuts")
+    svi_settings, nuts_settings = settings_table(svi_config, "svi"), settings_table(nuts_config, "nuts")
 
     def config(spec: FitSpec) -> dict[str, Any]:
         return fit_config(spec, feedback=feedback, env_size=env_size, svi_settings=svi_settings,
