@@ -64,8 +64,8 @@ import numpy as np
 import xarray as xr
 
 from mavrl_ppl.envs.allocation import GRID_ALLOCATION, format_counts
-from mavrl_ppl.experiments.baseline_table import FitFunction, run_fit, settings_table
-from mavrl_ppl.experiments.executor import ClusterUnreachable, Outcome, Task, check_cluster, run_tasks
+from mavrl_ppl.experiments.baseline_table import FitFunction, check_fit_options, run_fit, settings_table
+from mavrl_ppl.experiments.executor import Outcome, Task, run_command, run_tasks
 from mavrl_ppl.feedback.base import REWARD_PRIOR_LOC, REWARD_PRIOR_SCALE, get_feedback_type
 
 __all__ = [
@@ -625,10 +625,10 @@ def plot_rank_histograms(ds: xr.Dataset, path: Path, count: int = HISTOGRAMS) ->
     low, high = stats.binom.ppf(0.005, n, width / values), stats.binom.ppf(0.995, n, width / values)
     for ax, j in zip(axes.ravel(), order, strict=False):
         cell = ds.isel(parameter=int(j))
+        ax.stairs(high, edges, baseline=low, fill=True, color="0.85", zorder=0, label="99 % band per bin")
         ax.hist(cell["rank"].values, bins=edges, color="tab:red" if bool(cell["rejected"]) else "tab:blue",
-                edgecolor="white")
-        ax.stairs(high, edges, baseline=low, fill=True, color="0.5", alpha=0.3, label="99 % band per bin")
-        ax.stairs(expected, edges, color="black", linewidth=1.0, label="expected")
+                edgecolor="white", alpha=0.75, zorder=1)
+        ax.stairs(expected, edges, color="black", linewidth=1.0, zorder=2, label="expected")
         ax.set_title(f"{cell['label'].values}\np = {float(cell['pvalue']):.2g}, Holm p = "
                      f"{float(cell['pvalue_holm']):.2g}", fontsize=9)
         ax.set_xlabel(f"rank of the true value among L = {L} draws")
@@ -663,6 +663,7 @@ def run_sbc(
     progress: bool = True,
     in_process: bool = False,
     fit: FitFunction = run_fit,
+    plots: bool = True,
 ) -> xr.Dataset:
     """Run (or reuse) every replication, test the ranks and write ``sbc.{nc,md}``, ``sbc_ecdf.png`` and
     ``sbc_ranks.png`` into ``out``.
@@ -684,6 +685,7 @@ def run_sbc(
         progress: a progress bar over replications.
         in_process: fit in this process (tests, debugging).
         fit: one fit (tests inject a fake).
+        plots: write ``sbc_ecdf.png`` and ``sbc_ranks.png`` (about 3 s).
 
     Returns:
         The SBC Dataset (also written as ``sbc.nc``).
@@ -707,7 +709,7 @@ def run_sbc(
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / "sbc.nc", lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
     _write_atomic(out / "sbc.md", lambda tmp: tmp.write_text(to_markdown(ds)))
-    if ds.sizes["replication"] >= 2:
+    if plots and ds.sizes["replication"] >= 2:
         plot_ecdf(ds, out / "sbc_ecdf.png")
         plot_rank_histograms(ds, out / "sbc_ranks.png")
     return ds
@@ -738,15 +740,11 @@ def _check_arguments(args: argparse.Namespace) -> None:
     """Every argument checked before any work; ``ValueError`` / ``UsageError`` name what is wrong."""
     from mavrl_ppl.runs import resolve_config
 
-    for name in ("replications", "draws", "jobs", "env_size"):
+    for name in ("replications", "draws", "env_size"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.cluster is not None:
-        check_cluster(args.cluster)
-    for path in (args.svi_config, args.nuts_config):
-        if path is not None and not path.is_file():
-            raise ValueError(f"{path}: no such file")
+    check_fit_options(args.jobs, args.cluster, (args.svi_config, args.nuts_config))
     from mavrl_ppl.feedback import registered
     from mavrl_ppl.feedback.data import parse_counts
 
@@ -779,20 +777,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: nothing was written", file=sys.stderr)
         return 130
-    try:
-        ds = run_sbc(args.inference, args.env, args.out, env_size=args.env_size, replications=args.replications,
-                     seed=args.seed, feedback=args.feedback, draws=args.draws, jobs=args.jobs, cluster=args.cluster,
-                     svi_config=args.svi_config.resolve() if args.svi_config else None,
-                     nuts_config=args.nuts_config.resolve() if args.nuts_config else None, progress=not args.quiet)
-    except KeyboardInterrupt:
-        print("interrupted: finished replications are kept; run the command again to continue", file=sys.stderr)
-        return 130
-    except ClusterUnreachable as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    sys.stdout.write(to_markdown(ds))
-    print(f"wrote {args.out}/sbc.{{nc,md}}, sbc_ecdf.png, sbc_ranks.png", file=sys.stderr)
-    return 0
+    return run_command(lambda: run_sbc(
+        args.inference, args.env, args.out, env_size=args.env_size, replications=args.replications, seed=args.seed,
+        feedback=args.feedback, draws=args.draws, jobs=args.jobs, cluster=args.cluster,
+        svi_config=args.svi_config.resolve() if args.svi_config else None,
+        nuts_config=args.nuts_config.resolve() if args.nuts_config else None, progress=not args.quiet),
+        report=to_markdown, written=f"{args.out}/sbc.{{nc,md}}, sbc_ecdf.png, sbc_ranks.png",
+        kept="finished replications are kept")
 
 
 if __name__ == "__main__":
