@@ -291,7 +291,8 @@ def test_short_nuts_sbc_has_no_gross_miscalibration(tmp_path: Path) -> None:
     # of 60-step fits). The common level of the rewards and the cutpoints is identified by the prior only (every
     # likelihood is invariant to shifting both), and a mean-field guide cannot hold that correlation.
     # Short chains: 2 x 300 draws thinned to L = 49 (every 12th; bulk ESS ~80-180 of 600 on two trial runs, i.e.
-    # draws ~3-8 apart are independent). About 30 s a replication on a loaded 2-core machine.
+    # draws ~3-8 apart are independent). Measured: 20 min (41 s a replication on a loaded 2-core machine), no
+    # parameter rejected (smallest Holm p 0.26), 4.4 % of ranks at 0 or L.
     config = tmp_path / "nuts.toml"
     config.write_text("[nuts]\nnum_chains = 2\nnum_warmup = 300\nnum_samples = 300\n")
     ds = run_sbc("nuts", "grid_cliff", tmp_path / "sbc", env_size=SIZE, replications=30, draws=49,
