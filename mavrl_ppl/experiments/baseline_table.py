@@ -50,13 +50,14 @@ import xarray as xr
 from mavrl_ppl.analysis.report import format_mean_se, latex_escape, latex_tabular, markdown_table, mean_se
 from mavrl_ppl.baselines.mcmc.settings import RHAT_MAX
 from mavrl_ppl.envs.allocation import GRID_ALLOCATION, format_counts
-from mavrl_ppl.experiments.executor import ClusterUnreachable, Outcome, Task, check_cluster, run_tasks
+from mavrl_ppl.experiments.executor import Outcome, Task, check_cluster, run_command, run_tasks
 
 __all__ = [
     "METHODS",
     "FitSpec",
     "RecordError",
     "build_table",
+    "check_fit_options",
     "load_record",
     "parse_seeds",
     "plan_fits",
@@ -65,6 +66,7 @@ __all__ = [
     "run_fit",
     "run_names",
     "save_record",
+    "settings_table",
     "summarize_cell",
     "table_to_latex",
     "table_to_markdown",
@@ -640,7 +642,7 @@ def plot_table(ds: xr.Dataset, path: Path) -> Path:
                              title=f"mean ± SE over seeds {_seed_text(ds)}")
 
 
-def _settings_table(path: Path | None, table: str) -> dict[str, Any] | None:
+def settings_table(path: Path | None, table: str) -> dict[str, Any] | None:
     """The ``[table]`` settings of a TOML file (a file of bare keys is the table itself).
 
     Raises:
@@ -705,7 +707,7 @@ def build_table(
     fits = [f for f in plan_fits(envs, seeds, out, feedback=feedback) if (f.env, f.seed) not in recorded]
     reused_runs = sum((f.out / "metrics.json").is_file() for f in fits)
 
-    svi_settings, nuts_settings = _settings_table(svi_config, "svi"), _settings_table(nuts_config, "nuts")
+    svi_settings, nuts_settings = settings_table(svi_config, "svi"), settings_table(nuts_config, "nuts")
 
     def config(spec: FitSpec) -> dict[str, Any]:
         return fit_config(spec, feedback=feedback, env_size=env_size, svi_settings=svi_settings,
@@ -739,6 +741,24 @@ def build_table(
     return ds
 
 
+def check_fit_options(jobs: int | None, cluster: str | None, configs: Sequence[Path | None]) -> None:
+    """The options of every command that runs many fits: ``--jobs`` at least 1, a well-formed ``--cluster``, and
+    settings files (``--svi-config``, ...) that exist; ``ValueError`` names the first that is wrong.
+
+    Args:
+        jobs: ``--jobs`` (``None``: the default).
+        cluster: ``--cluster`` (``None``: local processes).
+        configs: the settings files given (``None`` entries: not given).
+    """
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    if cluster is not None:
+        check_cluster(cluster)
+    for path in configs:
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"{path}: no such file")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m mavrl_ppl.experiments.baseline_table``."""
     p = argparse.ArgumentParser(prog="python -m mavrl_ppl.experiments.baseline_table",
@@ -767,13 +787,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         seeds = parse_seeds(args.seeds)
-        if args.jobs is not None and args.jobs < 1:
-            raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-        if args.cluster is not None:
-            check_cluster(args.cluster)
-        for path in (args.svi_config, args.nuts_config):
-            if path is not None and not path.is_file():
-                raise ValueError(f"{path}: no such file")
+        check_fit_options(args.jobs, args.cluster, (args.svi_config, args.nuts_config))
         if not _single_types(args.feedback):
             raise ValueError(f"--feedback {args.feedback!r} requests no feedback")
     except ValueError as exc:
@@ -782,21 +796,14 @@ def main(argv: list[str] | None = None) -> int:
     svi_config = args.svi_config.resolve() if args.svi_config else None
     nuts_config = args.nuts_config.resolve() if args.nuts_config else None
     try:
-        ds = build_table(args.envs, seeds, args.out, jobs=args.jobs, feedback=args.feedback, env_size=args.env_size,
-                         svi_config=svi_config, nuts_config=nuts_config, progress=not args.quiet,
-                         records=args.records, cluster=args.cluster)
+        return run_command(lambda: build_table(
+            args.envs, seeds, args.out, jobs=args.jobs, feedback=args.feedback, env_size=args.env_size,
+            svi_config=svi_config, nuts_config=nuts_config, progress=not args.quiet, records=args.records,
+            cluster=args.cluster), report=table_to_markdown, written=f"{args.out}/baseline_table.{{nc,md,tex,png}}",
+            kept="finished runs and records are kept")
     except RecordError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished runs and records are kept; run the command again to continue", file=sys.stderr)
-        return 130
-    except ClusterUnreachable as exc:  # nothing has run
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    sys.stdout.write(table_to_markdown(ds))
-    print(f"wrote {args.out}/baseline_table.{{nc,md,tex,png}}", file=sys.stderr)
-    return 0
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, NamedTuple
 
-__all__ = ["ClusterUnreachable", "Outcome", "Task", "check_cluster", "local_cluster", "run_tasks"]
+__all__ = ["ClusterUnreachable", "Outcome", "Task", "check_cluster", "local_cluster", "run_command", "run_tasks"]
 
 #: Characters of a failure's traceback kept in its message.
 MESSAGE_CHARS = 600
@@ -241,6 +241,30 @@ def _run_pool(scheduler: _Scheduler, jobs: int) -> None:
                     scheduler.finish(task.name, Outcome("ok", value, seconds=seconds))
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def run_command(work: Callable[[], Any], *, report: Callable[[Any], str], written: str, kept: str) -> int:
+    """Run an experiment command's work and return its exit status: 0 with ``report(result)`` on stdout and
+    ``wrote {written}`` on stderr; 130 on Ctrl-C and 1 when the Dask scheduler cannot be reached or is lost
+    (:class:`ClusterUnreachable`), each with one line on stderr.
+
+    Args:
+        work: the experiment (e.g. ``lambda: build_table(...)``).
+        report: its result as the text printed on stdout (a Markdown table).
+        written: what it wrote, for the last line.
+        kept: what a Ctrl-C leaves behind, for its line (``"finished runs and records are kept"``).
+    """
+    try:
+        result = work()
+    except KeyboardInterrupt:
+        print(f"interrupted: {kept}; run the command again to continue", file=sys.stderr)
+        return 130
+    except ClusterUnreachable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(report(result))
+    print(f"wrote {written}", file=sys.stderr)
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------ Dask

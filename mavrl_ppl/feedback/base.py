@@ -22,6 +22,12 @@ import numpy as np
 
 Array = Any
 
+#: The prior of every reward latent, ``Normal(REWARD_PRIOR_LOC, REWARD_PRIOR_SCALE)``, in both back ends (the Pyro
+#: model's ``reward`` / ``reward_<type>`` sites and the NumPyro model's ``reward`` site) and in simulation-based
+#: calibration, which draws true rewards from it: defined once, here, where both models' imports meet.
+REWARD_PRIOR_LOC = 0.0
+REWARD_PRIOR_SCALE = 1.0
+
 #: Variables every segment carries (DESIGN §2); ``state``/``next_state`` only for tabular envs.
 SEGMENT_VARIABLES: dict[str, str] = {
     "obs": "float",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from array_api_compat import array_namespace
 
@@ -51,20 +53,29 @@ def simulate(
     num_categories: int = 5,
     segment_length: int = 10,
     scale: float = 1.0,
+    cutpoints: Sequence[float] | None = None,
 ):
     """Ratings of ``count`` behaviour segments under the ordered logit with ``scale``.
 
     The teacher judges ``u + e / scale`` (``u`` the true mean reward over VALID steps, ``e`` standard logistic) and
-    reports its bin; the cutpoints sit at the ``1/K .. (K-1)/K`` quantiles of these judgements, so the categories are
-    balanced. (Quantiles of the noise-free ``u`` leave categories empty on the paper grids, where many segments tie:
-    measured 49/0/0/0/51 % on grid_sparse.) The labels follow exactly the likelihood of :func:`log_likelihood`.
+    reports its bin. By default the cutpoints sit at the ``1/K .. (K-1)/K`` quantiles of these judgements, so the
+    categories are balanced. (Quantiles of the noise-free ``u`` leave categories empty on the paper grids, where many
+    segments tie: measured 49/0/0/0/51 % on grid_sparse.) ``cutpoints`` (``K - 1`` increasing values) sets them
+    instead, e.g. to a draw from the model's prior (simulation-based calibration, where cutpoints that depend on the
+    reward would tell the model about the reward beyond its likelihood). The labels follow exactly the likelihood of
+    :func:`log_likelihood`; the cutpoints used are the data set's ``true_cutpoints`` attribute.
     """
     if num_categories < 2:
         raise ValueError(f"num_categories must be at least 2, got {num_categories}")
+    if cutpoints is not None:
+        cutpoints = np.asarray(cutpoints, dtype=np.float64)
+        if cutpoints.shape != (num_categories - 1,) or not np.all(np.diff(cutpoints) > 0):
+            raise ValueError(f"cutpoints must be {num_categories - 1} increasing values, got {cutpoints.tolist()}")
     segments = teacher.segments((count,), segment_length, rng)
     u = segment_means(teacher.reward(segments), segments["valid"])
     judged = u + rng.logistic(size=count) / scale
-    cutpoints = np.quantile(judged, np.arange(1, num_categories) / num_categories)
+    if cutpoints is None:
+        cutpoints = np.quantile(judged, np.arange(1, num_categories) / num_categories)
     ratings = (judged[:, None] > cutpoints[None, :]).sum(-1)
     attrs = {**teacher.attrs, "num_categories": num_categories, "scale": scale, "true_cutpoints": cutpoints}
     return segment_dataset(segments, ("item", "step"), {"rating": (("item",), ratings)}, attrs)

@@ -85,17 +85,23 @@ def simulate(
     c: float = 2.0,
     segment_length: int = 10,
     lapse: float = LAPSE,
+    lam: float | None = None,
 ):
-    """Stop times for ``count`` behaviour segments; ``lambda = c / median(max_t C_t)`` (the paper's calibration), and
-    on every valid step a stop with probability ``lapse`` whatever the regret (0: the paper's teacher)."""
+    """Stop times for ``count`` behaviour segments; ``lambda = c / median(max_t C_t)`` (the paper's calibration), or
+    ``lam`` when given (a lambda that does not depend on the true reward, as simulation-based calibration needs: the
+    model reads lambda as a known constant), and on every valid step a stop with probability ``lapse`` whatever the
+    regret (0: the paper's teacher)."""
     if not 0.0 <= lapse < 1.0:
         raise ValueError(f"lapse must lie in [0, 1), got {lapse}")
+    if lam is not None and not lam > 0:
+        raise ValueError(f"lam must be positive, got {lam}")
     segments = teacher.segments((count,), segment_length, rng)
     cum = cumulative_regret(teacher.q(segments), segments["action"], segments["valid"], rho)
-    median_peak = float(np.median(cum.max(-1)))
-    if not median_peak > 0:
-        raise ValueError("cannot calibrate lambda: the median segment has zero regret under the behaviour policy")
-    lam = c / median_peak
+    if lam is None:
+        median_peak = float(np.median(cum.max(-1)))
+        if not median_peak > 0:
+            raise ValueError("cannot calibrate lambda: the median segment has zero regret under the behaviour policy")
+        lam = c / median_peak
     hazard = np.where(segments["valid"], lapse + (1.0 - lapse) * -np.expm1(-lam * cum), 0.0)
     stops = rng.random(hazard.shape) < hazard
     stop_time = np.where(stops.any(-1), stops.argmax(-1), -1)

@@ -20,11 +20,18 @@ import pyro
 import pyro.distributions as dist
 import torch
 
+from mavrl_ppl.feedback.base import REWARD_PRIOR_LOC, REWARD_PRIOR_SCALE
 from mavrl_ppl.models.networks import RewardEncoder, transition_features
 from mavrl_ppl.models.settings import ModelSettings
 from mavrl_ppl.models.sites import gaussian_draws, weighted
 
 ItemPlate = Callable[[], AbstractContextManager]
+
+
+def reward_prior(shape: tuple[int, ...]) -> dist.Normal:
+    """The reward latents' prior over ``shape`` (:data:`~mavrl_ppl.feedback.base.REWARD_PRIOR_LOC` and
+    ``REWARD_PRIOR_SCALE``, shared with the NumPyro model)."""
+    return dist.Normal(torch.full(shape, REWARD_PRIOR_LOC), REWARD_PRIOR_SCALE)
 
 
 class RewardAttachment(Protocol):
@@ -78,7 +85,7 @@ class StepRewards:
     def model_steps(self, name: str, batch: Mapping, draw: None, event_dims: int) -> torch.Tensor:
         valid = batch["valid"]
         with weighted(self.kl_weight):
-            prior = dist.Normal(torch.zeros(valid.shape), 1.0).mask(valid).to_event(event_dims)
+            prior = reward_prior(valid.shape).mask(valid).to_event(event_dims)
             return pyro.sample(f"reward_{name}", prior)
 
     def guide_draw(self) -> None:
@@ -147,7 +154,7 @@ class TiedRewards:
 
     def model_draw(self) -> torch.Tensor:
         with pyro.plate("group", self.num_groups), weighted(self.kl_weight):
-            return pyro.sample("reward", dist.Normal(torch.zeros(self.num_groups), 1.0))
+            return pyro.sample("reward", reward_prior((self.num_groups,)))
 
     def model_steps(self, name: str, batch: Mapping, draw: torch.Tensor, event_dims: int) -> torch.Tensor:
         return draw[self.group_index(batch)]

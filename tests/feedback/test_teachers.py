@@ -140,6 +140,28 @@ def test_ratings_balanced_and_follow_the_ordered_logit(scale):
     assert worst(ordered_logit(u, cut, 2 * scale)) > Z_MAX
 
 
+def test_ratings_at_given_cutpoints():
+    """``cutpoints=`` (SBC's prior draws) replaces the quantile calibration; the labels follow them."""
+    K, n = 5, 4000
+    cut = np.array([-1.5, -0.7, 0.2, 1.4])
+    teacher = PaddedTeacher(make_grid("cliff", 6))
+    simulate = get_feedback_type("rating").simulate
+    ds = simulate(teacher, n, np.random.default_rng(22), cutpoints=cut)
+    np.testing.assert_array_equal(ds.attrs["true_cutpoints"], cut)
+    r = ds["rating"].values
+    u = valid_mean(true_reward(teacher, ds), ds["valid"].values)
+
+    def worst(cutpoints):
+        probs = ordered_logit(u, cutpoints, 1.0)
+        return max(np.abs(z_scores((r == k).astype(float), probs[:, k])).max() for k in range(K))
+
+    assert worst(cut) < Z_MAX
+    assert worst(cut + 0.5) > Z_MAX  # power: other cutpoints are rejected
+    for bad in ([0.0, -1.0, 1.0, 2.0], [0.0, 1.0, 2.0]):
+        with pytest.raises(ValueError, match="increasing"):
+            simulate(teacher, 8, np.random.default_rng(0), cutpoints=bad)
+
+
 # ------------------------------------------------------------------------------------------ stops
 
 
@@ -188,6 +210,24 @@ def test_stops_follow_the_regret_hazard(lapse):
     assert check(ds.attrs["lambda"], lapse) < Z_MAX
     assert check(2 * ds.attrs["lambda"], lapse) > Z_MAX  # power: a wrong calibration is rejected
     assert check(ds.attrs["lambda"], 0.0 if lapse else 0.15) > Z_MAX  # ... and so is a wrong lapse rate
+
+
+def test_stops_at_a_given_lambda():
+    """``lam=`` (SBC: a lambda that does not depend on the true reward) replaces the calibration from ``c``."""
+    n, rho, lam = 4000, 0.1, 0.03  # small: at the calibrated lambda (0.27 here) 99.9 % of segments stop
+    teacher = TabularTeacher(make_grid("cliff", 6))
+    ds = get_feedback_type("stop").simulate(teacher, n, np.random.default_rng(32), lam=lam)
+    assert ds.attrs["lambda"] == lam
+    valid = ds["valid"].values
+    cum = cumulative_regret_loop(teacher.q_star, ds["state"].values, ds["action"].values, valid, rho)
+    stopped = (ds["stop_time"].values >= 0).astype(float)
+
+    def z(lam):
+        p_stop = 1.0 - np.exp(-lam * np.where(valid, cum, 0.0).sum(-1))  # 1 - prod_t exp(-lam C_t)
+        return np.abs(z_scores(stopped, p_stop, np.digitize(p_stop, [0.2, 0.4, 0.6, 0.8]))).max()
+
+    assert z(lam) < Z_MAX
+    assert z(2 * lam) > Z_MAX  # power
 
 
 # ---------------------------------------------------------------------------------------- demonstrations

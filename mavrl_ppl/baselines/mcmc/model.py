@@ -3,7 +3,8 @@
 Sites:
 
 - ``reward ~ Normal(0, 1)``, shape ``(G,)``: one reward per parameter group (``mdp.reward_groups``; one per state on
-  the paper grids). A transition's reward is ``reward[reward_groups[s, a, s']]``.
+  the paper grids); the prior is :data:`~mavrl_ppl.feedback.base.REWARD_PRIOR_LOC` / ``REWARD_PRIOR_SCALE``, the
+  Pyro model's too. A transition's reward is ``reward[reward_groups[s, a, s']]``.
 - for every free nuisance parameter of every feedback type present (``ft.free_nuisance(attrs)``): the unconstrained
   ``<type>_<name>_z ~ Normal(loc(attrs), scale)`` is sampled, and its transformed value is recorded as the
   deterministic site ``<type>_<name>`` (e.g. ``rating_cutpoints``, ``pref_beta``), the name the posterior uses.
@@ -30,7 +31,15 @@ import numpyro
 import numpyro.distributions as dist
 
 from mavrl_ppl.envs.tabular import TabularMDP
-from mavrl_ppl.feedback.base import FeedbackType, Latents, Nuisance, batch_from_dataset, get_feedback_type
+from mavrl_ppl.feedback.base import (
+    REWARD_PRIOR_LOC,
+    REWARD_PRIOR_SCALE,
+    FeedbackType,
+    Latents,
+    Nuisance,
+    batch_from_dataset,
+    get_feedback_type,
+)
 from mavrl_ppl.planning.jax_backend import (
     expected_reward,
     make_dynamics,
@@ -107,7 +116,8 @@ class TabularFeedbackModel:
         return q_star_sweeps(r_sa, dynamics, self.gamma, self.num_sweeps)
 
     def __call__(self, inputs: Mapping[str, Any]) -> None:
-        theta = numpyro.sample("reward", dist.Normal(0.0, 1.0).expand([self.num_groups]).to_event(1))
+        prior = dist.Normal(REWARD_PRIOR_LOC, REWARD_PRIOR_SCALE).expand([self.num_groups]).to_event(1)
+        theta = numpyro.sample("reward", prior)
         q = None
         if self.needs_q:
             r_sa = expected_reward(theta, inputs["dynamics"], inputs["successor_groups"])
