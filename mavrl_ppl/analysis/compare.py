@@ -309,7 +309,9 @@ def _env_signature(run: Mapping[str, Any]) -> dict[str, Any]:
         sig["true_reward"] = np.asarray(idata.constant_data["true_reward"].values).round(12).tolist()
     config = run.get("config") or {}
     for key in ("env", "env_size", "p_rand"):
-        if key in config:
+        # env_size None is the env's own size, which a run fitted to a --data file records as a number: compared
+        # only where both runs name one (grid_shape and the true reward tell the sizes apart in any case).
+        if config.get(key) is not None:
             sig[f"config.{key}"] = config[key]
     return sig
 

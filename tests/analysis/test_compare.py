@@ -197,6 +197,17 @@ def test_cli_refuses_a_different_env(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "not the same env" in err and str(b / "posterior.nc") in err
 
 
+def test_an_env_size_left_to_the_env_matches_the_same_size_given(tmp_path: Path) -> None:
+    # The README's pair: an SVI run with the env's own size (env_size null) and a NUTS run of its feedback.nc, whose
+    # config records the size the data came from.
+    a, b, _ = _two_runs(tmp_path)
+    config = json.loads((a / "config.json").read_text())
+    (a / "config.json").write_text(json.dumps({**config, "env_size": None}))
+    assert main([str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    (a / "config.json").write_text(json.dumps({**config, "env_size": SIZE + 1}))  # two sizes named: refused
+    assert main([str(a), str(b), "--out", str(tmp_path / "cmp2")]) == 2
+
+
 @pytest.mark.parametrize("missing", ["posterior.nc", "feedback.nc", "metrics.json"])
 def test_cli_refuses_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], missing: str) -> None:
     a, b, _ = _two_runs(tmp_path)
