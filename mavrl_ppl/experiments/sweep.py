@@ -62,6 +62,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import math
 import os
 import socket
@@ -504,15 +505,37 @@ def storage_errors() -> tuple[type[BaseException], ...]:
 
 
 def describe_storage_error(exc: BaseException) -> str:
-    """One line naming a storage failure by its cause (Optuna's own wrapper only says the commit failed)."""
-    cause: BaseException = exc
-    while cause.__cause__ is not None and isinstance(cause, (optuna.exceptions.StorageInternalError,)):
-        cause = cause.__cause__
-    orig = getattr(cause, "orig", None)  # SQLAlchemy's DBAPIError wraps the driver's exception
-    if orig is not None:
-        cause = orig
+    """One line naming a storage failure by its root cause.
+
+    Optuna's wrapper only says a commit failed, and a connection lost mid-query often surfaces as SQLAlchemy's
+    ``PendingRollbackError`` raised while Optuna retries; the database's own error is further down the chain
+    (``__cause__`` or ``__context__``). The first SQLAlchemy ``DBAPIError`` on the chain is named by its SQLAlchemy
+    class (``OperationalError`` for every lost connection, whichever driver) with the driver's message.
+    """
+    chain: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and link not in chain:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    cause = next((e for e in chain if getattr(e, "orig", None) is not None), None)
+    if cause is not None:  # SQLAlchemy's DBAPIError wraps the driver's exception
+        text = " ".join(str(cause.orig).split())  # type: ignore[attr-defined]
+        return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+    cause = next((e for e in chain if not isinstance(e, optuna.exceptions.StorageInternalError)), chain[-1])
     text = " ".join(str(cause).split())
     return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+
+
+class _DropLostConnectionRetry(logging.Filter):
+    """Drops Optuna's "Caught an error from sqlalchemy ... Falling back" warning.
+
+    Optuna reads any ``OperationalError`` while listing trials as a too-long ``IN`` clause and retries; with the
+    database gone the retry fails too, and the worker's own one-line error names the cause. The warning would only
+    put a multi-line SQL dump in front of it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Caught an error from sqlalchemy")
 
 
 class TrialSeededTPE(optuna.samplers.BaseSampler):
@@ -675,6 +698,9 @@ def run_study(
     space = search_space(defaults, spec.types, spec.mode)
     storage = open_storage(storage_target)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # this loop prints its own line per trial
+    rdb_logger = logging.getLogger("optuna.storages._rdb.storage")
+    if not any(isinstance(f, _DropLostConnectionRetry) for f in rdb_logger.filters):
+        rdb_logger.addFilter(_DropLostConnectionRetry())
     study = _load_or_create(storage, study_name, spec, space, defaults, sampler_seed)
     host, pid = socket.gethostname(), os.getpid()
     while True:

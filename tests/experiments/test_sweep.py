@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import signal
@@ -228,3 +229,35 @@ def test_killed_worker_loses_nothing_and_the_rerun_continues(tmp_path):
     interrupted = [t for t in study.get_trials() if "interrupted" in t.user_attrs]
     assert len(interrupted) == 1 and interrupted[0].state == TrialState.FAIL
     assert "is gone" in interrupted[0].user_attrs["interrupted"] and not sweep.is_counted(interrupted[0])
+
+
+def test_a_connection_lost_mid_retry_is_named_by_the_database_error():
+    """Optuna retries a failed trial listing inside its ``except``; with the database gone the retry raises
+    ``PendingRollbackError``, whose context holds the real cause (seen in CI on a PostgreSQL shutdown)."""
+    import sqlalchemy.exc
+
+    class AdminShutdown(Exception):  # stands in for psycopg.errors.AdminShutdown
+        pass
+
+    lost = sqlalchemy.exc.OperationalError("SELECT 1", {}, AdminShutdown("terminating connection\n due to admin"))
+    try:
+        try:
+            raise lost
+        except sqlalchemy.exc.OperationalError:
+            raise sqlalchemy.exc.PendingRollbackError("Can't reconnect until invalid transaction is rolled back")  # noqa: B904 (implicit context, as in SQLAlchemy)
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        text = sweep.describe_storage_error(exc)
+    assert text == "OperationalError: terminating connection due to admin"
+    wrapped = optuna.exceptions.StorageInternalError("An exception is raised during the commit.")
+    wrapped.__cause__ = ValueError("disk full")
+    assert sweep.describe_storage_error(wrapped) == "ValueError: disk full"
+
+
+def test_optunas_misleading_retry_warning_is_dropped_and_others_kept():
+    drop = sweep._DropLostConnectionRetry()
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("optuna.storages._rdb.storage", logging.WARNING, "", 0, msg, None, None)
+
+    assert not drop.filter(record("Caught an error from sqlalchemy: (psycopg.errors.AdminShutdown) ..."))
+    assert drop.filter(record("Heartbeat of trial 3 failed"))
