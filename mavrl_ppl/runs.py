@@ -125,6 +125,8 @@ def resolve_config(settings: Mapping[str, Any] | None = None, *, source: str = "
         config["svi"] = {**CONTROL_SVI, **config["svi"]}
         if config["svi"]["encoder_input"] != "state_action":  # REFERENCE §3: raw observation + one-hot action
             raise UsageError(f"control runs need encoder_input state_action, got {config['svi']['encoder_input']}")
+        if config["svi"].get("guide", "meanfield") != "meanfield":  # no two transitions share a latent there
+            raise UsageError(f"control runs need guide meanfield (one latent per step), got {config['svi']['guide']}")
     if config["feedback"] is None and not config["data"]:
         try:
             config["feedback"] = paper_allocation(config["env"])

@@ -203,3 +203,16 @@ def test_a_damaged_run_record_names_the_file(tmp_path):
     (run / "metrics.json").write_text("[1, 2]")
     with pytest.raises(DamagedFileError, match="not a JSON object"):
         load_run(run)
+
+
+def test_a_correlated_guide_is_refused_where_rewards_are_per_step():
+    """Control envs have one latent per step (no two transitions share a state), so there is no reward vector for a
+    lowrank/fullrank guide to correlate: refused when the settings are read, before any env is built."""
+    from mavrl_ppl.errors import UsageError
+    from mavrl_ppl.runs import resolve_config
+
+    with pytest.raises(UsageError, match=r"control runs need guide meanfield .* got lowrank"):
+        resolve_config({"env": "CartPole-v1", "svi": {"guide": "lowrank"}})
+    assert resolve_config({"env": "grid_trap", "svi": {"guide": "fullrank"}})["svi"]["guide"] == "fullrank"
+    with pytest.raises(UsageError, match="guide must be one of"):
+        resolve_config({"svi": {"guide": "diagonal"}})

@@ -70,7 +70,7 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -638,6 +638,33 @@ class _Heartbeat:
         self._thread.join()
 
 
+def _differences(stored: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(key, stored, wanted)`` for every differing setting, nested tables by dotted key (``base_settings.guide``)."""
+    out = []
+    for key in sorted({*stored, *wanted}):
+        a, b = stored.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append((f"{prefix}{key}", a, b))
+    return out
+
+
+def _fill_later_settings(stored: dict[str, Any], wanted: dict[str, Any]) -> None:
+    """Give a study's stored ``base_settings`` the SVI settings added to the package after it was created, where the
+    current value is that setting's default: a new setting's default keeps the old behaviour, so such a study ran
+    with it (without this, every new option would orphan every existing study)."""
+    from mavrl_ppl.inference.svi import SVISettings
+
+    old, new = stored.get("base_settings"), wanted.get("base_settings")
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return
+    defaults = {f.name: f.default for f in fields(SVISettings)}
+    for key in new.keys() - old.keys():
+        if key in defaults and new[key] == defaults[key]:
+            old[key] = new[key]
+
+
 def _load_or_create(storage: optuna.storages.BaseStorage, name: str, spec: CellSpec,
                     space: Mapping[str, BaseDistribution], defaults: SVISettings, sampler_seed: int) -> optuna.Study:
     """Create the study (storing its spec and space, enqueuing the defaults) or load it and check it matches."""
@@ -662,9 +689,10 @@ def _load_or_create(storage: optuna.storages.BaseStorage, name: str, spec: CellS
     stored.pop("version", None)
     wanted = json.loads(spec.to_json())
     wanted.pop("version", None)
-    diff = sorted(k for k in {*stored, *wanted} if stored.get(k) != wanted.get(k))
+    _fill_later_settings(stored, wanted)
+    diff = _differences(stored, wanted)
     if diff:
-        details = "; ".join(f"{k}: study {stored.get(k)!r} vs now {wanted.get(k)!r}" for k in diff)
+        details = "; ".join(f"{k}: study {a!r} vs now {b!r}" for k, a, b in diff)
         raise UsageError(f"study {name!r} was created with different settings ({details}); use another --study name")
     if study.user_attrs["search_space"] != space_json:
         raise UsageError(f"study {name!r} was created with a different search space (did the SVISettings defaults "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from mavrl_ppl.models.settings import BELLMAN_TARGETS, ENCODER_INPUTS, ModelSettings
+from mavrl_ppl.models.settings import BELLMAN_TARGETS, ENCODER_INPUTS, GUIDES, ModelSettings
 from mavrl_ppl.options import option
 
 #: How the likelihoods get action values on a tabular env (``SVISettings.q_model``).
@@ -38,16 +38,21 @@ class SVISettings:
     bellman_target: str = option(
         "max", "next-step value in the TD target: max (max_a' Q(s', a')) | data (Q(s', a'_data))", BELLMAN_TARGETS
     )
+    guide: str = option(
+        "meanfield", "tied rewards: meanfield (independent per state) | lowrank | fullrank (correlated states)", GUIDES
+    )
+    guide_rank: int = option(5, "columns of the lowrank guide's covariance factor")
     num_posterior_samples: int = option(1000, "guide draws stored in posterior.nc")
     progress_bar: bool = option(True, "show a tqdm bar with the ELBO")
 
     def __post_init__(self) -> None:
-        choices = {"encoder_input": ENCODER_INPUTS, "q_model": Q_MODELS, "bellman_target": BELLMAN_TARGETS}
+        choices = {"encoder_input": ENCODER_INPUTS, "q_model": Q_MODELS, "bellman_target": BELLMAN_TARGETS,
+                   "guide": GUIDES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("hidden", "batch_size", "max_steps", "eval_every", "patience", "num_particles",
-                     "num_posterior_samples"):
+                     "num_posterior_samples", "guide_rank"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.layers < 0:

@@ -177,9 +177,16 @@ def posterior_draws(
             dims = ("state", "action")
         else:
             raise ValueError("posterior draws on a state grid need encoder_input 'state' or 'state_action'")
-        mu, sigma = model.encoder(feats)
-        eps = torch.randn((num_samples, *mu.shape), generator=generator, dtype=mu.dtype)
-        reward = (mu + sigma * eps)[None].double().numpy()
+        if getattr(model.rewards, "guide", "meanfield") != "meanfield":  # correlated draws over the reward groups
+            if model.rewards.num_states != obs.shape[0]:
+                raise ValueError(f"a {model.rewards.guide} guide draws every state's reward: expected "
+                                 f"{model.rewards.num_states} reference states, got {obs.shape[0]}")
+            draws = model.rewards.group_draws(num_samples, generator)
+            reward = draws.reshape(num_samples, *feats.shape[:-1])[None].double().numpy()
+        else:
+            mu, sigma = model.encoder(feats)
+            eps = torch.randn((num_samples, *mu.shape), generator=generator, dtype=mu.dtype)
+            reward = (mu + sigma * eps)[None].double().numpy()
         nuisance = {}
         for name in model.attrs:
             ft = get_feedback_type(name)

@@ -100,6 +100,9 @@ class JointFeedbackModel:
         state_features: torch.Tensor | None = None,
         planner: ExactPlanner | None = None,
     ) -> None:
+        if state_features is None and settings.guide != "meanfield":
+            raise ValueError(f"guide {settings.guide!r} needs one reward latent per state or state-action pair "
+                             "(a tabular env with encoder_input state or state_action); use guide 'meanfield'")
         self.settings = settings
         self.num_actions = num_actions
         self.num_items = dict(num_items)

@@ -3,7 +3,12 @@
 - :class:`TiedRewards`: ONE latent per reward input, i.e. per state (``encoder_input="state"``) or per state-action
   pair (``"state_action"``): the site ``reward`` on the ``group`` plate, prior ``Normal(0, 1)``, guide
   ``Normal(mu(x_g), sigma(x_g))`` from the encoder on every group's features. Every visit of a state reads the same
-  latent, as ``R`` is a function of the state (tabular data with ``state`` variables).
+  latent, as ``R`` is a function of the state (tabular data with ``state`` variables). With ``guide="lowrank"`` or
+  ``"fullrank"`` the site is one vector (event dim ``group``, the same ``Normal(0, 1)`` prior) and the guide a
+  correlated Gaussian around the same amortized mean and diagonal scale: ``sigma^2 + W W^T`` with a free ``(G, k)``
+  factor ``W``, or the Cholesky factor ``diag(sigma) + L`` with a free strictly lower triangle ``L``. The posterior
+  over rewards is correlated (raising one state's reward can be traded against lowering its neighbours'), which a
+  mean-field guide cannot represent.
 - :class:`StepRewards`: one latent per segment step, sites ``reward_<type>`` in the type's item plate, masked by
   ``valid`` (REFERENCE §1 literally; e.g. control envs, where no two transitions coincide).
 
@@ -12,6 +17,7 @@ Both scale their sites by ``kl_weight`` and share one interface (:class:`RewardA
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Protocol
@@ -137,6 +143,8 @@ class TiedRewards:
         self.group_features = group_features(state_features, settings.encoder_input, num_actions)
         self.num_groups = self.group_features.shape[0]
         self.num_states = self.num_groups if self.per_state else self.num_groups // num_actions
+        self.guide = settings.guide
+        self.guide_rank = min(int(settings.guide_rank), self.num_groups)
 
     def state(self, batch: Mapping) -> torch.Tensor:
         """The state of every step (padded steps clamped into range; they are masked anyway)."""
@@ -153,23 +161,75 @@ class TiedRewards:
         return self.encoder(self.group_features)[0]
 
     def model_draw(self) -> torch.Tensor:
-        with pyro.plate("group", self.num_groups), weighted(self.kl_weight):
-            return pyro.sample("reward", reward_prior((self.num_groups,)))
+        with weighted(self.kl_weight):
+            if self.guide == "meanfield":
+                with pyro.plate("group", self.num_groups):
+                    return pyro.sample("reward", reward_prior((self.num_groups,)))
+            # The same N(0, 1) prior as a MultivariateNormal: torch then has the guide's KL in closed form (for
+            # LowRankMultivariateNormal and MultivariateNormal guides), and the ELBO needs no sampled entropy.
+            prior = reward_prior((self.num_groups,))
+            scale_tril = torch.eye(self.num_groups) * REWARD_PRIOR_SCALE
+            return pyro.sample("reward", dist.MultivariateNormal(prior.loc, scale_tril=scale_tril))
 
     def model_steps(self, name: str, batch: Mapping, draw: torch.Tensor, event_dims: int) -> torch.Tensor:
         return draw[self.group_index(batch)]
 
-    def guide_draw(self) -> None:
+    def _correlation(self) -> torch.Tensor:
+        """The guide's free correlation part: the low-rank factor ``W`` or the lower triangle ``L``.
+
+        Stored divided by the square root of its row length: Adam moves every entry by about the learning rate
+        whatever its gradient's size, so unscaled a row of 99 noisy entries would add ~99 times one entry's variance
+        to a state's (measured: a fullrank fit drifted to the prior's sd 1.0 from mean-field's 0.33). ``W`` starts
+        small and random (at exactly 0 its gradient vanishes with the entropy's), from a fixed generator so torch's
+        global RNG, and with it every later draw of a seeded fit, is untouched; ``L`` starts at 0.
+        """
+        if self.guide == "lowrank":
+            shape = (self.num_groups, self.guide_rank)
+            raw = pyro.param("reward_cov_factor",
+                             lambda: 0.01 * torch.randn(shape, generator=torch.Generator().manual_seed(0)))
+            return raw / math.sqrt(self.guide_rank)
+        raw = pyro.param("reward_scale_tril", lambda: torch.zeros(self.num_groups, self.num_groups))
+        return raw / math.sqrt(max(self.num_groups - 1, 1))
+
+    def guide_distribution(self) -> dist.Distribution:
+        """The guide's distribution of the group rewards (batch ``group`` for meanfield, else event ``group``)."""
         mu, sigma = self.encoder(self.group_features)
-        with pyro.plate("group", self.num_groups), weighted(self.kl_weight):
-            pyro.sample("reward", dist.Normal(mu, sigma))
+        if self.guide == "meanfield":
+            return dist.Normal(mu, sigma)
+        if self.guide == "lowrank":
+            return dist.LowRankMultivariateNormal(mu, self._correlation(), sigma.square())
+        return dist.MultivariateNormal(mu, scale_tril=self._cholesky(sigma))
+
+    def _cholesky(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The fullrank guide's Cholesky factor: the amortized scale on the diagonal, the free ``L`` below it."""
+        return torch.diag_embed(sigma) + self._correlation().tril(-1)
+
+    def guide_draw(self) -> None:
+        q = self.guide_distribution()
+        with weighted(self.kl_weight):
+            if self.guide == "meanfield":
+                with pyro.plate("group", self.num_groups):
+                    pyro.sample("reward", q)
+            else:
+                pyro.sample("reward", q)
+
+    def group_draws(self, num_draws: int, generator: torch.Generator) -> torch.Tensor:
+        """``(num_draws, G)`` reparameterised guide draws of every group's reward from ``generator``."""
+        mu, sigma = self.encoder(self.group_features)
+        if self.guide == "meanfield":
+            return gaussian_draws(mu, sigma, num_draws, generator)
+        eps = torch.randn((num_draws, self.num_groups), generator=generator, dtype=mu.dtype)
+        if self.guide == "lowrank":
+            factor = self._correlation()
+            rank_eps = torch.randn((num_draws, factor.shape[1]), generator=generator, dtype=mu.dtype)
+            return mu + sigma * eps + rank_eps @ factor.T
+        return mu + eps @ self._cholesky(sigma).T
 
     def guide_steps(self, name: str, batch: Mapping, event_dims: int, item_plate: ItemPlate) -> None:
         return None  # the group draw covers every step
 
     def draws(self, batch: Mapping, num_draws: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, sigma = self.encoder(self.group_features)
-        draws = gaussian_draws(mu, sigma, num_draws, generator)
+        draws = self.group_draws(num_draws, generator)
         return draws, draws[:, self.group_index(batch)]
 
     def mean(self, batch: Mapping) -> torch.Tensor:

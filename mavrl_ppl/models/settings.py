@@ -11,6 +11,11 @@ ENCODER_INPUTS = ("state", "state_action", "transition")
 #: reference's SARSA-style target) or ``max_a' Q(s', a')`` (``"max"``, the optimality target the teachers plan with).
 BELLMAN_TARGETS = ("max", "data")
 
+#: The guide over tied reward latents: independent per group (``"meanfield"``), a low-rank-plus-diagonal Gaussian
+#: (``"lowrank"``) or a full-covariance Gaussian (``"fullrank"``). The mean and the diagonal scale stay amortized (the
+#: encoder's heads); the correlation part is one free parameter of the fit.
+GUIDES = ("meanfield", "lowrank", "fullrank")
+
 
 @dataclass(frozen=True)
 class ModelSettings:
@@ -27,6 +32,8 @@ class ModelSettings:
         bellman_target: one of :data:`BELLMAN_TARGETS`.
         q_horizon_scale: scale the Q-network's output by ``1 / (1 - gamma)`` (see
             :class:`~mavrl_ppl.models.networks.QNetwork`).
+        guide: one of :data:`GUIDES` (the richer two need tied rewards, one latent per state or state-action pair).
+        guide_rank: columns of the ``lowrank`` guide's covariance factor.
     """
 
     encoder_input: str = "state"
@@ -37,8 +44,14 @@ class ModelSettings:
     bellman_scale: float = 0.5
     bellman_target: str = "max"
     q_horizon_scale: bool = False
+    guide: str = "meanfield"
+    guide_rank: int = 5
 
     def __post_init__(self) -> None:
+        if self.guide not in GUIDES:
+            raise ValueError(f"guide must be one of {GUIDES}, got {self.guide!r}")
+        if int(self.guide_rank) < 1:
+            raise ValueError(f"guide_rank must be a positive integer, got {self.guide_rank!r}")
         if self.encoder_input not in ENCODER_INPUTS:
             raise ValueError(f"encoder_input must be one of {ENCODER_INPUTS}, got {self.encoder_input!r}")
         if self.bellman_target not in BELLMAN_TARGETS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -261,3 +262,21 @@ def test_optunas_misleading_retry_warning_is_dropped_and_others_kept():
 
     assert not drop.filter(record("Caught an error from sqlalchemy: (psycopg.errors.AdminShutdown) ..."))
     assert drop.filter(record("Heartbeat of trial 3 failed"))
+
+
+def test_a_study_made_before_a_new_setting_continues_while_it_is_at_its_default(tmp_path, capsys):
+    storage = str(tmp_path / "s.journal")
+    assert sweep.main(["--subset", "pr", "--storage", storage, "--study", "cell", "--trials", "1", *TINY]) == 0
+    study = load(storage, "cell")
+    spec = json.loads(study.user_attrs["spec"])
+    for key in ("guide", "guide_rank"):  # as stored by a version without these settings
+        del spec["base_settings"][key]
+    study.set_user_attr("spec", json.dumps(spec))
+    assert sweep.main(["--subset", "pr", "--storage", storage, "--study", "cell", "--trials", "2", *TINY]) == 0
+    assert len(load(storage, "cell").get_trials()) == 2
+    # a stored setting that differs is still refused
+    spec["base_settings"]["guide"] = "fullrank"
+    study.set_user_attr("spec", json.dumps(spec))
+    capsys.readouterr()
+    assert sweep.main(["--subset", "pr", "--storage", storage, "--study", "cell", "--trials", "3", *TINY]) == 2
+    assert "base_settings.guide: study 'fullrank' vs now 'meanfield'" in capsys.readouterr().err

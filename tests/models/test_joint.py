@@ -348,3 +348,56 @@ def test_q_values_come_from_the_strategy(mdp, feedback, data):
     torch.testing.assert_close(planned.reward_mean(batch), mean[batch["state"]])
     network = build("step-network", mdp, feedback)
     torch.testing.assert_close(network.q_values(batch), network.values.q_network(batch["obs"]))
+
+
+# -- correlated guides over tied rewards ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("guide", ["lowrank", "fullrank"])
+def test_correlated_guides_score_one_reward_vector_with_the_same_prior(guide, mdp, feedback, data):
+    batches = whole(data)
+    model = build("tied-planner", mdp, feedback, guide=guide, guide_rank=3)
+    with pyro.validation_enabled():  # Pyro checks that model and guide agree on the site's event dims
+        elbo = pyro.infer.TraceMeanField_ELBO().differentiable_loss(model.model, model.guide, batches)
+    assert torch.isfinite(elbo)
+    model_site = sample_sites(poutine.trace(model.model).get_trace(batches))["reward"]
+    guide_site = sample_sites(poutine.trace(model.guide).get_trace(batches))["reward"]
+    assert model_site["fn"].event_shape == guide_site["fn"].event_shape == (mdp.num_states,)
+    assert not model_site["cond_indep_stack"] and not guide_site["cond_indep_stack"]
+    expected = {"lowrank": dist.LowRankMultivariateNormal, "fullrank": dist.MultivariateNormal}[guide]
+    assert isinstance(guide_site["fn"], expected)
+    # the same N(0, 1) prior as the mean-field model's plate of Normals, so the KL has a closed form
+    r = guide_site["value"].detach()
+    torch.testing.assert_close(model_site["fn"].log_prob(r), dist.Normal(0.0, 1.0).log_prob(r).sum())
+    # the guide's mean is still the encoder's (amortized); only the correlation part is a free parameter
+    torch.testing.assert_close(guide_site["fn"].loc, model.encoder(model.rewards.group_features)[0])
+    assert {"reward_cov_factor", "reward_scale_tril"} & set(pyro.get_param_store().keys())
+
+
+@pytest.mark.parametrize("guide", ["meanfield", "lowrank", "fullrank"])
+def test_seeded_group_draws_follow_the_guide_distribution(guide, mdp, feedback, data):
+    model = build("tied-planner", mdp, feedback, guide=guide, guide_rank=2)
+    model.guide(whole(data))  # creates the correlation parameter
+    with torch.no_grad():  # give the correlation part a visible size
+        for name in ("reward_cov_factor", "reward_scale_tril"):
+            if name in pyro.get_param_store():
+                pyro.param(name).unconstrained().normal_(0.0, 1.0, generator=torch.Generator().manual_seed(1))
+        q = model.rewards.guide_distribution()
+        draws = model.rewards.group_draws(40_000, torch.Generator().manual_seed(2))
+        again = model.rewards.group_draws(40_000, torch.Generator().manual_seed(2))
+    assert torch.equal(draws, again)  # the generator alone fixes the draws
+    cov = q.covariance_matrix if guide != "meanfield" else torch.diag(q.scale.square())
+    if guide != "meanfield":
+        assert (cov - torch.diag(torch.diagonal(cov))).abs().max() > 0.05  # the draws have something to match
+    # 40k draws: the standard error of a sample mean is sd / 200 and of a sample covariance about sd_i sd_j / 140;
+    # 5 standard errors of the largest sd bound both
+    sd_max = torch.diagonal(cov).sqrt().max()
+    torch.testing.assert_close(draws.mean(0), q.loc, atol=5 * sd_max / 200, rtol=0)
+    torch.testing.assert_close(torch.cov(draws.T), cov, atol=5 * sd_max**2 / 140, rtol=0)
+
+
+def test_correlated_guides_need_tied_rewards(mdp, feedback):
+    with pytest.raises(ValueError, match="guide 'lowrank' needs one reward latent per state"):
+        build("step-network", mdp, feedback, guide="lowrank")
+    with pytest.raises(ValueError, match="guide must be one of"):
+        ModelSettings(guide="diagonal")
