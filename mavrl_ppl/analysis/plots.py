@@ -319,8 +319,8 @@ def plot_grouped_bars(
         raise ValueError(f"means/errors must have shape {(len(ylabels), len(groups), len(series))}, "
                          f"got {means.shape} / {errors.shape}")
     if stacked:
-        fig, axes = plt.subplots(len(ylabels), 1, figsize=(1.2 + 1.3 * len(groups), 0.6 + 3.2 * len(ylabels)),
-                                 squeeze=False)
+        width_in = max(7.5, 2.6 + 1.3 * len(groups))  # room for the titles and the legend right of the panels
+        fig, axes = plt.subplots(len(ylabels), 1, figsize=(width_in, 0.6 + 3.2 * len(ylabels)), squeeze=False)
         axes = axes.T
     else:
         fig, axes = plt.subplots(1, len(ylabels), figsize=(1.2 + 1.6 * len(groups) * len(ylabels), 3.8),
@@ -336,5 +336,8 @@ def plot_grouped_bars(
         ax.axhline(0.0, color="k", lw=0.6)
         if panel_titles is not None:
             ax.set_title(panel_titles[i])
-    axes[0][0].legend(fontsize=8)
+    if stacked:  # beside the first panel, clear of its bars
+        axes[0][0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        axes[0][0].legend(fontsize=8)
     return _save(fig, path, title)

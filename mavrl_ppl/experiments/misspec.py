@@ -332,7 +332,7 @@ def plot(ds: xr.Dataset, path: Path) -> Path:
     return plot_grouped_bars([LABELS.get(c, c).replace(", ", ",\n") for c in ds["condition"].values.tolist()],
                              ["ours: Base", "ours: Misspec", "paper: Base", "paper: Misspec"], means, errors, path,
                              ylabels=["normalised score (%)"] * len(envs), stacked=True,
-                             panel_titles=[f"{e}: corrupted teacher vs well-specified (Base)" for e in envs],
+                             panel_titles=[f"{e}: Base = well-specified teacher, Misspec = corrupted" for e in envs],
                              title=f"Misspecification, mean ± SE over seeds {_seed_text(ds)} (paper: as published)")
 
 
