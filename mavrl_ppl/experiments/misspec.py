@@ -27,10 +27,11 @@ the best held-out *feedback* likelihood; the true reward selects nothing. (The p
 six checkpoints by true value, and its Base. the tuned Optuna study's value: REFERENCE_EXPERIMENTS §1 "Scoring".) One
 SVI setting serves every run (``--svi-config``; default the library's), where the paper tuned one per subset.
 
-Bookkeeping as in :mod:`mavrl_ppl.experiments.baseline_table`: run directories with ``metrics.json`` are reused; a cell
-(env, seed, condition) whose two runs finished is recorded in ``DIR/records/<condition>/<env>_seed<S>.json`` and taken
-from there on a re-run with the same settings, even without its run directories; a failed fit stays in the table as
-``failed`` with its error (counted as ``k/n`` in its cell and listed), never dropped. Writes ``misspec.nc``,
+Bookkeeping as in :mod:`mavrl_ppl.experiments.baseline_table`: run directories with ``metrics.json`` are reused (one
+whose ``config.json`` holds other settings than its fit would get now is refused, exit 2: :func:`check_reusable`); a
+cell (env, seed, condition) whose two runs finished is recorded in ``DIR/records/<condition>/<env>_seed<S>.json``
+and taken from there on a re-run with the same settings, even without its run directories; a failed fit stays in the
+table as ``failed`` with its error (counted as ``k/n`` in its cell and listed), never dropped. Writes ``misspec.nc``,
 ``misspec.md``, ``misspec.tex`` and ``misspec.png`` into ``DIR``: per grid Base | Misspec | Ratio (mean ± SE over
 seeds; Ratio = Misspec mean / Base mean), beside the published table (:data:`PUBLISHED`).
 """
@@ -74,6 +75,7 @@ __all__ = [
     "CORRUPTIONS",
     "PUBLISHED",
     "build_misspec",
+    "check_reusable",
     "condition_settings",
     "fit_config",
     "main",
@@ -172,6 +174,49 @@ def cell_settings(condition: str, env_size: int | None, svi_config: Path | None)
     """What a cell's two runs depend on beyond env and seed; a record is reused only where these match."""
     feedback, teacher = condition_settings(condition)
     return {**record_settings(feedback, env_size, svi_config, None), "condition": condition, "teacher": teacher}
+
+
+def check_reusable(fits: Sequence[FitSpec], config: Any) -> None:
+    """Refuse finished run directories made with other settings than their fit would get now (another ``--env-size``
+    or ``--svi-config`` into the same ``--out``): they would be reused as they are, and mix settings in one table.
+
+    Args:
+        fits: the planned fits.
+        config: a fit's run settings (:func:`fit_config`).
+
+    Raises:
+        UsageError: naming the first such run and the first setting that differs.
+    """
+    from mavrl_ppl.errors import UsageError
+    from mavrl_ppl.runs import resolve_config
+
+    for spec in fits:
+        recorded_file = spec.out / "config.json"
+        if not (spec.out / "metrics.json").is_file() or not recorded_file.is_file():
+            continue
+        wanted = json.loads(json.dumps(resolve_config(config(spec))))  # as config.json holds it (tuples as lists)
+        try:
+            recorded = json.loads(recorded_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            recorded = {}
+        differs = _differences(wanted, recorded)
+        if differs:
+            name, old, new = differs[0]
+            raise UsageError(f"{spec.out} was made with other settings ({name}: {old!r}, now {new!r}); use another "
+                             "--out or delete that run")
+
+
+def _differences(wanted: Mapping[str, Any], recorded: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(setting, recorded, wanted)`` where they differ, one level into the tables (``svi.max_steps``)."""
+    out = []
+    for key, value in wanted.items():
+        if isinstance(value, dict):
+            table = recorded.get(key) if isinstance(recorded.get(key), dict) else {}
+            out += [(f"{key}.{sub}", table.get(sub), value.get(sub)) for sub in sorted({*value, *table})
+                    if table.get(sub) != value.get(sub)]
+        elif recorded.get(key) != value:
+            out.append((key, recorded.get(key), value))
+    return out
 
 
 def summarize_cell(env: str, condition: str, seed: int, fits: Mapping[str, FitSpec], outcomes: Mapping[str, Any],
@@ -382,8 +427,13 @@ def build_misspec(
     fits = plan_fits(todo, out)
     reused = sum((f.out / "metrics.json").is_file() for f in fits)
     svi_settings = settings_table(svi_config, "svi")
+
+    def config(spec: FitSpec) -> dict[str, Any]:
+        return fit_config(spec, env_size=env_size, svi_settings=svi_settings)
+
+    check_reusable(fits, config)
     outcomes = run_fits(fits, jobs=jobs, fit=fit, progress=progress, in_process=in_process, cluster=cluster,
-                        config=lambda spec: fit_config(spec, env_size=env_size, svi_settings=svi_settings))
+                        config=config)
     for env, condition, seed in todo:
         cell_fits = {role: FitSpec(f"{role}-{condition}", env, seed, _run_dir(out, role, condition, env, seed))
                      for role in ROLES}
@@ -464,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
             records=args.records, cluster=args.cluster),
             report=to_markdown, written=f"{args.out}/misspec.{{nc,md,tex,png}}",
             kept="finished runs and records are kept")
-    except RecordError as exc:
+    except (RecordError, UsageError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from mavrl_ppl.errors import UsageError
 from mavrl_ppl.experiments import misspec
 from mavrl_ppl.experiments.misspec import CONDITIONS, build_misspec, condition_settings, plan_fits
 from mavrl_ppl.runs import resolve_config
@@ -54,6 +55,7 @@ class FakeFit:
         score = misspec_score(seed, len(resolved["teacher"])) if resolved["teacher"] else base_score(seed, types)
         metrics = {"normalized_score": score, "fit_seconds": 1.0}
         out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(resolved))
         (out / "metrics.json").write_text(json.dumps(metrics))
         return {"metrics": metrics, "converged": True}
 
@@ -133,10 +135,15 @@ def test_table_records_failures_and_resume(tmp_path: Path) -> None:
     third = FakeFit(fail=tuple(f"base-pdrs_{ENV}_seed{s}" for s in SEEDS))
     ds = _build(tmp_path, third).sel(env=ENV)
     assert third.calls == [] and (ds["status"] == "ok").all()
-    # Other settings (a record made for other seeds is not touched; another env size refits).
+    # Other settings: another env size refits (its records do not match) ...
     fourth = FakeFit()
     build_misspec([ENV], ["stop"], [0], tmp_path, env_size=4, fit=fourth, progress=False, in_process=True)
     assert sorted(fourth.calls) == [f"base-stop_{ENV}_seed0", f"misspec-stop_{ENV}_seed0"]
+    # ... but a finished run made with other settings is refused, not reused into the table.
+    shutil.rmtree(tmp_path / "records" / "stop")
+    with pytest.raises(UsageError, match=r"base-stop_grid_trap_seed0 was made with other settings \(env_size: 4, "
+                                         r"now None\)"):
+        build_misspec([ENV], ["stop"], [0], tmp_path, fit=FakeFit(), progress=False, in_process=True)
 
 
 @pytest.mark.parametrize("argv, message", [
