@@ -46,7 +46,7 @@ from typing import Any, NoReturn  # noqa: E402
 from mavrl_ppl.errors import UsageError  # noqa: E402
 
 #: Flags that steer the command, not the run (never in config.json).
-_COMMAND_FLAGS = ("config", "out", "overwrite", "allow_unconverged", "quiet", "simulate")
+_COMMAND_FLAGS = ("config", "out", "overwrite", "allow_unconverged", "quiet", "simulate", "teacher")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "pref=64,demo=1,rating=64,stop=256 on the grids)")
     p.add_argument("--simulate", action="append", default=None, metavar="TYPE.SETTING=VALUE",
                    help="a simulator setting, e.g. stop.lapse=0.01 or pref.beta=2 (repeatable; TOML: [simulate.stop])")
+    p.add_argument("--teacher", action="append", default=None, metavar="TYPE.SETTING=VALUE",
+                   help="a setting of the simulated teacher only, not of the model (misspecification), e.g. "
+                        "pref.beta=0.01, demo.beta=0.1, stop.c=0.1, rating.noise_sd=2 (repeatable; TOML: "
+                        "[teacher.pref]); feedback.nc records it as teacher_<setting>")
     p.add_argument("--data", type=Path, default=None, help="fit this feedback.nc instead of simulating (its env is "
                    "taken from the file)")
     p.add_argument("--seed", type=int, default=None, help="seed of the simulation and the inference (default 0)")
@@ -117,19 +121,20 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
             settings.setdefault(table, {})[name] = value
         else:
             settings[key] = str(value) if isinstance(value, Path) else value
-    for item in args.simulate or []:
-        name, setting, value = parse_simulator_setting(item)
-        settings.setdefault("simulate", {}).setdefault(name, {})[setting] = value
+    for table in ("simulate", "teacher"):
+        for item in getattr(args, table) or []:
+            name, setting, value = parse_simulator_setting(item, f"--{table}")
+            settings.setdefault(table, {}).setdefault(name, {})[setting] = value
     return settings
 
 
-def parse_simulator_setting(text: str) -> tuple[str, str, Any]:
+def parse_simulator_setting(text: str, flag: str = "--simulate") -> tuple[str, str, Any]:
     """``"stop.lapse=0.01"`` -> ``("stop", "lapse", 0.01)``; the value is read as a TOML value (numbers, booleans,
-    quoted strings), else kept as the bare string."""
+    quoted strings), else kept as the bare string. ``flag`` names the option in the error message."""
     key, sep, raw = text.partition("=")
     name, dot, setting = key.strip().partition(".")
     if not (sep and dot and name and setting and raw.strip()):
-        raise UsageError(f"--simulate {text!r}: expected TYPE.SETTING=VALUE, e.g. stop.lapse=0.01")
+        raise UsageError(f"{flag} {text!r}: expected TYPE.SETTING=VALUE, e.g. stop.lapse=0.01")
     try:
         value = tomllib.loads(f"value = {raw.strip()}")["value"]
     except tomllib.TOMLDecodeError:

@@ -68,8 +68,23 @@ DEFAULTS: dict[str, Any] = {
     "nuts": {},  # NutsSettings fields
     "plugin": [],  # modules / .py files that register feedback types
     "simulate": {},  # simulator settings per type, e.g. {"stop": {"lapse": 0.01}}
+    "teacher": {},  # the simulated teacher's own settings per type, not the model's (see TEACHER_SETTINGS)
     "ppo_timesteps": None,  # control envs: PPO budget (None: the env's)
     "eval_episodes": 100,  # control envs: true-return episodes
+}
+
+#: Teacher != model (``[teacher.<type>]`` in a TOML file, ``--teacher TYPE.SETTING=VALUE``): simulator settings of the
+#: simulated teacher alone. The data are labelled with them; the data-set attributes the model reads keep the values
+#: of ``simulate`` / the type's defaults (the model's assumption), and ``feedback.nc`` records the teacher's values
+#: beside them as ``teacher_<name>`` (:func:`mavrl_ppl.feedback.data.simulate_feedback`); ``config.json`` records the
+#: table. The misspecifications of REFERENCE_EXPERIMENTS §1, in the simulators' own terms:
+TEACHER_SETTINGS = {
+    "pref": "beta: the labels' rationality (paper 0.01); the model's beta stays 5",
+    "demo": "beta: the demonstrator's rationality (paper 0.1); the model's beta stays 10",
+    "stop": "c: lambda_teacher = c / ref (paper 0.1), ref = the median over segments of the peak discounted cumulative "
+            "regret, as the paper's; the model keeps lambda = 2.0 / ref (c = 2.0), 20x the teacher's",
+    "rating": "noise_sd: Gaussian noise on the judged segment return after the cutpoints are set on the clean "
+              "judgements (paper 2.0); the model assumes none",
 }
 
 #: SVI settings of control runs where the user sets nothing (one documented set for all three envs; the caller's
@@ -97,7 +112,8 @@ def resolve_config(settings: Mapping[str, Any] | None = None, *, source: str = "
     """Every setting of a run: :data:`DEFAULTS` < ``settings``, with env-dependent defaults filled in and validated.
 
     Args:
-        settings: any subset of :data:`DEFAULTS`; the tables ``svi``, ``nuts`` and ``simulate`` are merged key by key.
+        settings: any subset of :data:`DEFAULTS`; the tables ``svi``, ``nuts``, ``simulate`` and ``teacher``
+            (:data:`TEACHER_SETTINGS`) are merged key by key.
         source: how to name ``settings`` in error messages (e.g. a TOML file's path).
 
     Raises:
@@ -114,9 +130,13 @@ def resolve_config(settings: Mapping[str, Any] | None = None, *, source: str = "
         config[key] = {**config[key], **value} if isinstance(config[key], dict) else value
     if config["inference"] not in INFERENCE_METHODS:
         raise UsageError(f"{source}: inference must be one of {INFERENCE_METHODS}, got {config['inference']!r}")
+    if not all(isinstance(v, dict) for v in config["teacher"].values()):
+        raise UsageError(f"{source}: [teacher] must hold one table per feedback type, e.g. [teacher.pref] beta = 0.01")
     if config["data"]:
         if config["simulate"]:
             raise UsageError("simulator settings (--simulate, [simulate]) apply to simulated feedback, not to --data")
+        if config["teacher"]:
+            raise UsageError("teacher settings (--teacher, [teacher]) apply to simulated feedback, not to --data")
         if config["feedback"] is not None:
             raise UsageError("--feedback sets simulated counts; it cannot select from --data (cut the file instead)")
         _env_from_data(config, explicit_env="env" in (settings or {}))
@@ -262,7 +282,10 @@ def _simulate(config: Mapping[str, Any], mdp: Any) -> dict[str, Any]:
         counts = parse_counts(config["feedback"], registered())
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    settings = config["simulate"]
+    settings, teacher_settings = config["simulate"], config["teacher"]
+    idle = sorted(name for name in teacher_settings if counts.get(name, 0) == 0)
+    if idle:
+        raise UsageError(f"teacher settings for {', '.join(idle)}, which is not simulated (count 0 or absent)")
     if mdp is None:
         from mavrl_ppl.feedback.control_teacher import control_teacher
 
@@ -272,9 +295,9 @@ def _simulate(config: Mapping[str, Any], mdp: Any) -> dict[str, Any]:
     else:
         teacher = TabularTeacher(mdp)
     try:
-        return simulate_feedback(teacher, counts, np.random.default_rng(config["seed"]), settings)
+        return simulate_feedback(teacher, counts, np.random.default_rng(config["seed"]), settings, teacher_settings)
     except KeyError as exc:  # a simulator setting for a type that is not registered
-        raise UsageError(f"--simulate: {exc.args[0]}") from None
+        raise UsageError(f"--simulate / --teacher: {exc.args[0]}") from None
     except ValueError as exc:  # a bad simulator setting, or a stop teacher that cannot calibrate lambda
         raise UsageError(f"cannot simulate feedback on {config['env']}: {exc}") from None
 

@@ -297,6 +297,8 @@ def plot_grouped_bars(
     *,
     ylabels: Sequence[str],
     title: str = "",
+    panel_titles: Sequence[str] | None = None,
+    stacked: bool = False,
 ) -> Path:
     """Grouped bar charts with error bars: one panel per metric, one group of bars per group, one bar per series.
 
@@ -308,21 +310,34 @@ def plot_grouped_bars(
         path: PNG to write.
         ylabels: y-axis label per metric panel.
         title: figure title.
+        panel_titles: a title per panel (``None``: none).
+        stacked: panels one above the other (many groups per panel) instead of side by side.
     """
     means = np.asarray(means, dtype=np.float64)
     errors = np.asarray(errors, dtype=np.float64)
     if means.shape != (len(ylabels), len(groups), len(series)) or errors.shape != means.shape:
         raise ValueError(f"means/errors must have shape {(len(ylabels), len(groups), len(series))}, "
                          f"got {means.shape} / {errors.shape}")
-    fig, axes = plt.subplots(1, len(ylabels), figsize=(1.2 + 1.6 * len(groups) * len(ylabels), 3.8), squeeze=False)
+    if stacked:
+        width_in = max(7.5, 2.6 + 1.3 * len(groups))  # room for the titles and the legend right of the panels
+        fig, axes = plt.subplots(len(ylabels), 1, figsize=(width_in, 0.6 + 3.2 * len(ylabels)), squeeze=False)
+        axes = axes.T
+    else:
+        fig, axes = plt.subplots(1, len(ylabels), figsize=(1.2 + 1.6 * len(groups) * len(ylabels), 3.8),
+                                 squeeze=False)
     width = 0.8 / max(len(series), 1)
     x = np.arange(len(groups))
-    for ax, label, m, e in zip(axes[0], ylabels, means, errors, strict=True):
+    for i, (ax, label, m, e) in enumerate(zip(axes[0], ylabels, means, errors, strict=True)):
         for j, name in enumerate(series):
             ax.bar(x + (j - (len(series) - 1) / 2) * width, m[:, j], width, yerr=np.nan_to_num(e[:, j]),
                    capsize=3, label=name)
         ax.set_xticks(x, list(groups))
         ax.set_ylabel(label)
         ax.axhline(0.0, color="k", lw=0.6)
-    axes[0][0].legend(fontsize=8)
+        if panel_titles is not None:
+            ax.set_title(panel_titles[i])
+    if stacked:  # beside the first panel, clear of its bars
+        axes[0][0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        axes[0][0].legend(fontsize=8)
     return _save(fig, path, title)

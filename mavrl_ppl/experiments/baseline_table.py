@@ -423,7 +423,9 @@ def save_record(records: Path, record: dict[str, Any]) -> Path:
     return path
 
 
-def load_record(records: Path, env: str, seed: int, settings: dict[str, Any]) -> dict[str, Any] | None:
+def load_record(records: Path, env: str, seed: int, settings: dict[str, Any], *,
+                keys: Sequence[str] = ("runs", "posthoc", "agreement"), kind: str = "baseline-table"
+                ) -> dict[str, Any] | None:
     """The saved record of a cell, or ``None`` when there is none or it was made with other settings.
 
     Args:
@@ -431,6 +433,8 @@ def load_record(records: Path, env: str, seed: int, settings: dict[str, Any]) ->
         env: env name.
         seed: seed.
         settings: the current :func:`record_settings`.
+        keys: what a complete record holds besides ``settings`` and ``complete`` (another table's records differ).
+        kind: the table, for the error message.
 
     Raises:
         RecordError: the file exists but is not a record (naming the file).
@@ -442,9 +446,9 @@ def load_record(records: Path, env: str, seed: int, settings: dict[str, Any]) ->
         record = json.loads(path.read_text())
         # Records from before the stop lapse was a setting were made with the paper's lapse-free model.
         made_with = {"stop_lapse": 0.0, **record["settings"]}
-        matches = made_with == settings and record["complete"] and {"runs", "posthoc", "agreement"} <= set(record)
+        matches = made_with == settings and record["complete"] and set(keys) <= set(record)
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise RecordError(f"{path}: not a baseline-table record ({exc}); delete it to refit this cell") from None
+        raise RecordError(f"{path}: not a {kind} record ({exc}); delete it to refit this cell") from None
     return record if matches else None
 
 

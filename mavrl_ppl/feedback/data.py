@@ -469,8 +469,18 @@ def simulate_feedback(
     counts: Mapping[str, int],
     rng: np.random.Generator,
     settings: Mapping[str, Mapping[str, Any]] | None = None,
+    teacher_settings: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, xr.Dataset]:
     """Simulate a feedback set: each requested type's ``simulate`` with its defaults updated by ``settings``.
+
+    Teacher != model (misspecification): ``teacher_settings`` changes what the simulated teacher *does* and not what
+    the model *assumes*. A type with teacher settings is simulated twice on the same random stream: with ``settings``
+    (the model's assumption) and with ``settings`` updated by ``teacher_settings`` (the teacher). Its data are the
+    teacher's; its attributes, which the model reads (``beta``, ``lambda``, ...), are those of the assumed
+    simulation; every attribute of the teacher's simulation that differs, and every teacher setting, is recorded
+    beside them as ``teacher_<name>``. The simulators draw their segments first, so quantities calibrated on the
+    segments agree: e.g. the stop teacher's ``c = 0.1`` gives ``teacher_lambda = 0.1 / ref`` while ``lambda =
+    2.0 / ref`` with the same ``ref``. Any 20 % held-out split of the items is then a split of the teacher's data.
 
     Args:
         teacher: what the simulators query (e.g. :class:`~mavrl_ppl.feedback.teachers.TabularTeacher`).
@@ -478,19 +488,21 @@ def simulate_feedback(
             are skipped.
         rng: the only source of randomness; one draw from it seeds an independent stream per type.
         settings: type name -> simulator settings overriding the type's ``defaults``
-            (e.g. ``{"pref": {"beta": 1.0}}``).
+            (e.g. ``{"pref": {"beta": 1.0}}``): the teacher's and the model's.
+        teacher_settings: type name -> simulator settings of the teacher alone (e.g. ``{"pref": {"beta": 0.01}}``).
 
     Returns:
         Type name -> data set, in the order of ``counts``.
 
     Raises:
-        KeyError: a name in ``counts`` or ``settings`` is not a registered type (checked before any work).
+        KeyError: a name in ``counts``, ``settings`` or ``teacher_settings`` is not a registered type (checked
+            before any work).
         ValueError: a count that is not a non-negative integer, or a setting the type's simulator does not take.
     """
-    settings = dict(settings or {})
-    for name in [*counts, *settings]:
+    settings, teacher_settings = dict(settings or {}), dict(teacher_settings or {})
+    for name in [*counts, *settings, *teacher_settings]:
         get_feedback_type(name)  # KeyError naming the type
-    for name, options in settings.items():
+    for name, options in [*settings.items(), *teacher_settings.items()]:
         accepted = _simulator_settings(get_feedback_type(name).simulate)
         unknown = sorted(set(options) - accepted) if accepted is not None else []
         if unknown:
@@ -506,6 +518,23 @@ def simulate_feedback(
         feedback_type = get_feedback_type(name)
         options = {**feedback_type.defaults, **settings.get(name, {})}
         out[name] = feedback_type.simulate(teacher, int(count), _type_rng(root, name), **options)
+        if teacher_settings.get(name):
+            actual = feedback_type.simulate(teacher, int(count), _type_rng(root, name),
+                                            **{**options, **teacher_settings[name]})
+            out[name] = _as_assumed(actual, out[name].attrs, teacher_settings[name])
+    return out
+
+
+def _as_assumed(actual: xr.Dataset, assumed: Mapping[str, Any], teacher: Mapping[str, Any]) -> xr.Dataset:
+    """The teacher's data with the model's attributes, the teacher's own values beside them as ``teacher_<name>``."""
+    attrs = dict(assumed)
+    for key, value in actual.attrs.items():
+        if key not in assumed or not np.array_equal(np.asarray(value), np.asarray(assumed[key])):
+            attrs[f"teacher_{key}"] = value
+    for key, value in teacher.items():
+        attrs.setdefault(f"teacher_{key}", value)
+    out = actual.copy()
+    out.attrs = attrs  # the assumed values replace the teacher's, not merely update them
     return out
 
 

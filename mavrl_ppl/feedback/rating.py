@@ -54,6 +54,7 @@ def simulate(
     segment_length: int = 10,
     scale: float = 1.0,
     cutpoints: Sequence[float] | None = None,
+    noise_sd: float = 0.0,
 ):
     """Ratings of ``count`` behaviour segments under the ordered logit with ``scale``.
 
@@ -64,9 +65,17 @@ def simulate(
     instead, e.g. to a draw from the model's prior (simulation-based calibration, where cutpoints that depend on the
     reward would tell the model about the reward beyond its likelihood). The labels follow exactly the likelihood of
     :func:`log_likelihood`; the cutpoints used are the data set's ``true_cutpoints`` attribute.
+
+    ``noise_sd > 0`` makes a teacher the model does not describe (REFERENCE_EXPERIMENTS §1, rating misspecification):
+    Gaussian noise of that sd is added to each judgement *after* the cutpoints are set on the clean judgements and
+    before thresholding, so the categories stay those of the noise-free teacher while labels cross them at random.
+    It is drawn last, so with the same generator the segments, clean judgements and cutpoints equal those of the
+    noise-free teacher; the data set then records ``noise_sd`` (absent when 0).
     """
     if num_categories < 2:
         raise ValueError(f"num_categories must be at least 2, got {num_categories}")
+    if not noise_sd >= 0:
+        raise ValueError(f"noise_sd must be >= 0, got {noise_sd}")
     if cutpoints is not None:
         cutpoints = np.asarray(cutpoints, dtype=np.float64)
         if cutpoints.shape != (num_categories - 1,) or not np.all(np.diff(cutpoints) > 0):
@@ -76,8 +85,11 @@ def simulate(
     judged = u + rng.logistic(size=count) / scale
     if cutpoints is None:
         cutpoints = np.quantile(judged, np.arange(1, num_categories) / num_categories)
-    ratings = (judged[:, None] > cutpoints[None, :]).sum(-1)
     attrs = {**teacher.attrs, "num_categories": num_categories, "scale": scale, "true_cutpoints": cutpoints}
+    if noise_sd > 0:  # no draw at 0: the noise-free teacher's stream (and data) stay as they always were
+        judged = judged + noise_sd * rng.standard_normal(count)
+        attrs["noise_sd"] = float(noise_sd)
+    ratings = (judged[:, None] > cutpoints[None, :]).sum(-1)
     return segment_dataset(segments, ("item", "step"), {"rating": (("item",), ratings)}, attrs)
 
 
