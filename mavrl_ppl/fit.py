@@ -214,4 +214,9 @@ def report(result: Any, *, allow_unconverged: bool) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _status = main()
+    if "mavrl_ppl.runs" in sys.modules and sys.modules["mavrl_ppl.runs"].abandoned_work():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_status)  # see runs.abandoned_work: an interrupted fit's thread must not hold up the exit
+    sys.exit(_status)

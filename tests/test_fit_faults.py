@@ -3,6 +3,7 @@ before the fit where it can be, and leaves nothing behind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -216,3 +217,37 @@ def test_a_correlated_guide_is_refused_where_rewards_are_per_step():
     assert resolve_config({"env": "grid_trap", "svi": {"guide": "fullrank"}})["svi"]["guide"] == "fullrank"
     with pytest.raises(UsageError, match="guide must be one of"):
         resolve_config({"svi": {"guide": "diagonal"}})
+
+
+def _thread_names(pid: int) -> set[str]:
+    names = set()
+    for comm in Path(f"/proc/{pid}/task").glob("*/comm"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            names.add(comm.read_text().strip())
+    return names
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads the child's thread names from /proc")
+def test_sigterm_stops_nuts_inside_a_native_jax_call_at_once(tmp_path):
+    """JAX compiles and samples in native calls of minutes, during which Python cannot run a signal handler in the
+    thread that made the call; the fit runs in a worker thread so the main thread answers at once (before: a SIGTERM
+    45 s into a 5x5 NUTS fit took 423 s to take effect)."""
+    proc = start_fit(*TINY, "--inference", "nuts", "--num-warmup", "100000", "--num-samples", "100000",
+                     "--out", str(tmp_path / "run"))
+    try:
+        # XLA names its compiler and compute threads: from then on the fit is inside JAX's native code; 15 s later
+        # the chains are sampling (3x3: compilation and mode search took ~6 s on the 2-core machine; if they have
+        # not finished on a slower one, this tests the signal during them)
+        wait_for(lambda: any(n.startswith(("llvm-worker", "tf_XLA")) for n in _thread_names(proc.pid)), proc)
+        time.sleep(15)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)  # the compilation alone takes longer on a loaded machine
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143 and one_line(err) == "terminated: nothing was written"
+    assert took < 10, took  # the handler runs within 0.2 s; the rest is the process ending
+    assert list(tmp_path.iterdir()) == []
