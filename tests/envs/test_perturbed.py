@@ -50,6 +50,9 @@ def test_p_rand_rows_have_the_stated_probabilities() -> None:
     assert np.allclose(noisy.sum(-1), 1.0)
     # In a corner, off-grid moves stay: the start (0, 0) stays w.p. UP + LEFT + STAY mass
     assert noisy[0, 0, 0] == pytest.approx(3 * p / 4)
+    # At p_rand 0.8 the executed action is uniformly random whatever is intended: every action's row is the same
+    uniform = perturbed_grid("grid_trap", 0.8).transitions
+    assert np.allclose(uniform, uniform[:, :1, :], atol=1e-15)
     # The gymnasium id samples from the same tensor
     env = make_perturbed_env("grid_trap", p)
     assert np.array_equal(env.unwrapped.mdp.transitions, noisy)
