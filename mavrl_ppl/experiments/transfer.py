@@ -419,7 +419,8 @@ def _check_reused(spec: FitSpec, config: dict[str, Any]) -> None:
     from mavrl_ppl.runs import load_run, resolve_config
 
     stored = load_run(spec.out).config
-    planned = json.loads(json.dumps(resolve_config(config)))  # as config.json holds it
+    # Without "data": a cut subset's data file is this plan's, which need not exist where the run is reused from.
+    planned = json.loads(json.dumps(resolve_config({k: v for k, v in config.items() if k != "data"})))
     keys = ["env", "env_size", "seed", "p_rand", "svi", *(["feedback"] if spec.data is None else []),
             *([] if spec.env.startswith("grid_") else ["ppo_timesteps"])]
     differ = [k for k in keys if stored.get(k) != planned.get(k)]

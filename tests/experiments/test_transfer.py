@@ -127,17 +127,19 @@ def test_tiny_transfer_end_to_end_and_resume(tiny: tuple[Path, xr.Dataset, list[
 
 
 def test_a_failed_fit_is_counted_and_shown(tiny: tuple[Path, xr.Dataset, list[str]], tmp_path: Path) -> None:
-    runs = tiny[0] / "out" / "runs"  # the all-types run is reused from there; the pair's fit fails
-    plan = _plan(tmp_path, "--subsets", "pdrs,pref+stop", "--runs", str(runs))
+    runs = tiny[0] / "out" / "runs"  # the all-types and pref runs are reused from there; the pair's fit fails
+    plan = _plan(tmp_path, "--subsets", "pdrs,pref,pref+stop", "--runs", str(runs))
     fit = Counting(fail="svi-pref+stop")
     ds = run_transfer(plan, fit=fit, progress=False, in_process=True, plots=False)
     assert fit.calls == ["svi-pref+stop_grid_trap_seed0"]
     status = ds["status"].sel(env="grid_trap", seed=0)
-    assert str(status.sel(subset="pdrs").values) == "ok" and str(status.sel(subset="pref+stop").values) == "failed"
+    assert list(status.values) == ["ok", "ok", "failed"]
+    np.testing.assert_array_equal(ds["normalized_return"].sel(subset=["pdrs", "pref"]).values,
+                                  tiny[1]["normalized_return"].sel(subset=["pdrs", "pref"]).values)
     assert "boom: training diverged" in str(ds["message"].sel(env="grid_trap", seed=0, subset="pref+stop").values)
     assert int(ds["n_ok"].sel(env="grid_trap", subset="pref+stop")[0]) == 0
     text = (plan.out / "transfer.md").read_text()
-    assert "Failed cells: 1 of 2" in text and "boom" in text
+    assert "Failed cells: 1 of 3" in text and "boom" in text
     assert not (plan.out / "records" / "grid_trap_seed0_pref+stop.json").exists()  # retried next time
 
 
