@@ -102,6 +102,9 @@ CONTROL_SIMULATION = {"pref": {"segment_length": 32}, "rating": {"segment_length
 DEFAULT_PPO_TIMESTEPS = {"CartPole-v1": 100_000, "Acrobot-v1": 200_000, "LunarLander-v3": 1_000_000}
 #: Control envs: visited (obs, action) points at which the posterior reward is drawn.
 CONTROL_POINTS = 1000
+#: Control runs: the file holding the fitted reward encoder and Q-network (:func:`~mavrl_ppl.models.networks.
+#: save_networks`).
+REWARD_MODEL = "reward_model.pt"
 #: NUTS settings that belong to the call, not to the model or the sampler (never in config.json).
 _CALL_SETTINGS = ("seed", "progress_bar")
 
@@ -531,11 +534,15 @@ def _evaluate_control(problem: Problem, result: Any, settings: Any, attrs: dict[
 
 def _reward_function(model: Any) -> Any:
     """The posterior-mean reward ``E_q[r | obs, a] = mu_phi(obs, a)`` of a fitted model, as a numpy function."""
+    return encoder_reward_function(model.encoder, model.num_actions)
+
+
+def encoder_reward_function(encoder: Any, num_actions: int) -> Any:
+    """``(obs (N, obs_dim), action (N,)) -> (N,)``: a reward encoder's mean ``mu_phi(obs, a)`` in numpy (the learned
+    reward that PPO is retrained on)."""
     import torch
 
     from mavrl_ppl.models.networks import transition_features
-
-    encoder, num_actions = model.encoder, model.num_actions
 
     def reward_fn(obs: np.ndarray, action: np.ndarray) -> np.ndarray:
         with torch.no_grad():
@@ -567,6 +574,10 @@ def write_run(work: Path, problem: Problem, fitted: Fitted) -> None:
     (work / "config.json").write_text(json.dumps(problem.config, indent=2, sort_keys=True) + "\n")
     save_feedback(work / "feedback.nc", problem.feedback)
     fitted.idata.to_netcdf(str(work / "posterior.nc"))
+    if problem.mdp is None and fitted.model is not None:  # a control env's learned reward is the encoder: keep it
+        from mavrl_ppl.models.networks import save_networks
+
+        save_networks(fitted.model, str(work / REWARD_MODEL))
     (work / "metrics.json").write_text(json.dumps(fitted.metrics, indent=2, sort_keys=True, default=float) + "\n")
     _plot_run(work, problem, fitted)
 
@@ -687,6 +698,44 @@ class LoadedRun(NamedTuple):
         from mavrl_ppl.feedback.data import load_feedback
 
         return load_feedback(self.path / "feedback.nc")
+
+    def reward_function(self) -> Any:
+        """A control run's learned reward ``(obs, action) -> (N,)`` (the encoder's mean) from ``reward_model.pt``.
+
+        Raises:
+            FileNotFoundError: a tabular run, or a control run written before runs kept their reward model.
+        """
+        from mavrl_ppl.models.networks import load_networks
+
+        encoder, _, info = load_networks(str(self._reward_model()))
+        return encoder_reward_function(encoder, int(info["num_actions"]))
+
+    def q_function(self) -> Any:
+        """A control run's Q-network as ``obs (N, obs_dim) -> (N, A)`` numpy action values.
+
+        Raises:
+            FileNotFoundError: no ``reward_model.pt`` (see :meth:`reward_function`) or no Q-network in it.
+        """
+        import torch
+
+        from mavrl_ppl.models.networks import load_networks
+
+        _, q_network, _ = load_networks(str(self._reward_model()))
+        if q_network is None:
+            raise FileNotFoundError(f"{self.path / REWARD_MODEL}: holds no Q-network")
+
+        def q_fn(obs: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return q_network(torch.as_tensor(np.asarray(obs), dtype=torch.get_default_dtype())).double().numpy()
+
+        return q_fn
+
+    def _reward_model(self) -> Path:
+        path = self.path / REWARD_MODEL
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing (tabular runs and control runs written before it was kept "
+                                    "have none; refit the run)")
+        return path
 
     def mdp(self) -> Any:
         """The tabular env the run was fitted on (``None`` for a control env)."""

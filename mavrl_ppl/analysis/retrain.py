@@ -80,26 +80,32 @@ def retrain_ppo(
     *,
     offset: float = 0.0,
     progress: bool = False,
+    env_kwargs: dict[str, Any] | None = None,
+    settings_of: str | None = None,
 ):
     """Train SB3 PPO (MlpPolicy, :data:`PPO_SETTINGS`) on ``env_id`` with the learned reward; return the final model.
 
     Args:
-        env_id: gymnasium id (one of :data:`PPO_SETTINGS`; other ids use SB3's PPO defaults with 8 envs).
+        env_id: gymnasium id (one of :data:`PPO_SETTINGS`, or see ``settings_of``; other ids use SB3's PPO defaults
+            with 8 envs).
         reward_fn: the learned reward, see :class:`LearnedRewardWrapper`.
         timesteps: PPO environment steps (summed over its envs).
         seed: seeds PPO and its envs.
         offset: see :class:`LearnedRewardWrapper`.
         progress: show SB3's progress bar.
+        env_kwargs: keyword arguments of ``gymnasium.make(env_id)`` (e.g. a perturbed env's level).
+        settings_of: the id whose :data:`PPO_SETTINGS` to use (default ``env_id``; a perturbed env uses its base
+            env's, e.g. ``Acrobot-v1``).
     """
     import torch
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
 
     torch.set_num_threads(1)
-    settings = dict(PPO_SETTINGS.get(env_id, {"n_envs": 8}))
+    settings = dict(PPO_SETTINGS.get(settings_of or env_id, {"n_envs": 8}))
     n_envs = settings.pop("n_envs")
     kwargs = {k: _schedule(v) for k, v in settings.items()}
-    venv = make_vec_env(env_id, n_envs=n_envs, seed=seed,
+    venv = make_vec_env(env_id, n_envs=n_envs, seed=seed, env_kwargs=env_kwargs,
                         wrapper_class=LearnedRewardWrapper, wrapper_kwargs={"reward_fn": reward_fn, "offset": offset})
     model = PPO("MlpPolicy", venv, seed=seed, device="cpu", verbose=0, **kwargs)
     model.learn(total_timesteps=int(timesteps), progress_bar=progress)
@@ -107,7 +113,8 @@ def retrain_ppo(
     return model
 
 
-def evaluate_true_return(policy, env_id: str, episodes: int, seed: int, *, num_envs: int = 16) -> np.ndarray:
+def evaluate_true_return(policy, env_id: str, episodes: int, seed: int, *, num_envs: int = 16,
+                         env_kwargs: dict[str, Any] | None = None) -> np.ndarray:
     """Undiscounted TRUE returns of ``policy``'s deterministic actions over ``episodes`` complete episodes.
 
     Episodes run on a gymnasium vector env (same-step autoreset); env ``j`` contributes a fixed quota of episodes
@@ -120,6 +127,7 @@ def evaluate_true_return(policy, env_id: str, episodes: int, seed: int, *, num_e
         episodes: number of episodes.
         seed: env ``j`` is reset with seed ``seed + j``; later episodes follow from its generator.
         num_envs: parallel envs (capped at ``episodes``).
+        env_kwargs: keyword arguments of ``gymnasium.make(env_id)``.
 
     Returns:
         ``(episodes,)`` returns, ordered by env and then episode.
@@ -129,7 +137,7 @@ def evaluate_true_return(policy, env_id: str, episodes: int, seed: int, *, num_e
     n = max(1, min(num_envs, episodes))
     quota = np.full(n, episodes // n) + (np.arange(n) < episodes % n)
     envs = gym.make_vec(env_id, num_envs=n, vectorization_mode="sync",
-                        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP})
+                        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}, **(env_kwargs or {}))
     obs, _ = envs.reset(seed=[seed + j for j in range(n)])
     done = np.zeros(n, dtype=np.int64)
     running = np.zeros(n)

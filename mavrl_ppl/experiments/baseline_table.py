@@ -255,14 +255,15 @@ def _classify(spec: FitSpec, outcome: Outcome | None) -> _Outcome:
 
 
 def _write_single_type_data(source: Path, target: Path, single_type: str) -> None:
-    """Cut a single-type run's group out of the all-types run's ``feedback.nc`` (kept if already there)."""
+    """Cut a single-type run's group out of the all-types run's ``feedback.nc`` (kept if already there); a subset
+    ``pref+demo`` (the transfer experiment's) cuts each of its groups."""
     from mavrl_ppl.feedback.data import load_feedback, save_feedback
 
     if target.is_file():
         return
-    feedback = load_feedback(source, groups=[single_type])
+    feedback = load_feedback(source, groups=single_type.split("+"))
     target.parent.mkdir(parents=True, exist_ok=True)
-    save_feedback(target, {single_type: feedback[single_type]})
+    save_feedback(target, feedback)
 
 
 def run_fits(fits: Sequence[FitSpec], *, jobs: int, fit: FitFunction, config: Callable[[FitSpec], dict[str, Any]],
@@ -799,15 +800,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     svi_config = args.svi_config.resolve() if args.svi_config else None
     nuts_config = args.nuts_config.resolve() if args.nuts_config else None
-    try:
-        return run_command(lambda: build_table(
-            args.envs, seeds, args.out, jobs=args.jobs, feedback=args.feedback, env_size=args.env_size,
-            svi_config=svi_config, nuts_config=nuts_config, progress=not args.quiet, records=args.records,
-            cluster=args.cluster), report=table_to_markdown, written=f"{args.out}/baseline_table.{{nc,md,tex,png}}",
-            kept="finished runs and records are kept")
-    except RecordError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(lambda: build_table(
+        args.envs, seeds, args.out, jobs=args.jobs, feedback=args.feedback, env_size=args.env_size,
+        svi_config=svi_config, nuts_config=nuts_config, progress=not args.quiet, records=args.records,
+        cluster=args.cluster), report=table_to_markdown, written=f"{args.out}/baseline_table.{{nc,md,tex,png}}",
+        kept="finished runs and records are kept", usage_errors=(RecordError,))
 
 
 if __name__ == "__main__":

@@ -243,19 +243,25 @@ def _run_pool(scheduler: _Scheduler, jobs: int) -> None:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def run_command(work: Callable[[], Any], *, report: Callable[[Any], str], written: str, kept: str) -> int:
+def run_command(work: Callable[[], Any], *, report: Callable[[Any], str], written: str, kept: str,
+                usage_errors: tuple[type[Exception], ...] = ()) -> int:
     """Run an experiment command's work and return its exit status: 0 with ``report(result)`` on stdout and
-    ``wrote {written}`` on stderr; 130 on Ctrl-C and 1 when the Dask scheduler cannot be reached or is lost
-    (:class:`ClusterUnreachable`), each with one line on stderr.
+    ``wrote {written}`` on stderr; 2 on one of ``usage_errors``, 130 on Ctrl-C and 1 when the Dask scheduler cannot be
+    reached or is lost (:class:`ClusterUnreachable`), each with one line on stderr.
 
     Args:
         work: the experiment (e.g. ``lambda: build_table(...)``).
         report: its result as the text printed on stdout (a Markdown table).
         written: what it wrote, for the last line.
         kept: what a Ctrl-C leaves behind, for its line (``"finished runs and records are kept"``).
+        usage_errors: exceptions that the work raises on the user's input found only once it starts (a broken
+            record, a reused run made with other settings): ``error: <message>`` and exit status 2.
     """
     try:
         result = work()
+    except usage_errors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"interrupted: {kept}; run the command again to continue", file=sys.stderr)
         return 130

@@ -75,3 +75,43 @@ class QNetwork(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.output_scale * self.net(obs)
+
+
+def save_networks(model: object, path: str) -> None:
+    """Save a fitted model's reward encoder and Q-network (weights and constructor arguments) to ``path``.
+
+    Control runs keep them as ``reward_model.pt``: the learned reward of a control env is the encoder itself, which a
+    later evaluation (PPO retraining in a perturbed env, the imitation policy of the transfer experiment) needs.
+
+    Args:
+        model: a :class:`~mavrl_ppl.models.joint.JointFeedbackModel` (its Q-network is saved when it has one).
+        path: the file to write (``torch.save``; tensors and plain values only).
+    """
+    encoder = model.encoder
+    record = {"encoder": {"kwargs": {"in_dim": encoder.net[0].in_features, "hidden": encoder.net[0].out_features,
+                                     "layers": (len(encoder.net) - 1) // 2},
+                          "state": encoder.state_dict()},
+              "num_actions": int(model.num_actions), "encoder_input": str(model.encoder_input)}
+    q_network = getattr(model.values, "q_network", None)
+    if q_network is not None:
+        first, last = q_network.net[0], q_network.net[-1]
+        record["q_network"] = {"kwargs": {"obs_dim": first.in_features, "num_actions": last.out_features,
+                                          "hidden": first.out_features, "layers": (len(q_network.net) - 1) // 2,
+                                          "output_scale": q_network.output_scale},
+                               "state": q_network.state_dict()}
+    torch.save(record, path)
+
+
+def load_networks(path: str) -> tuple[RewardEncoder, QNetwork | None, dict]:
+    """The networks :func:`save_networks` wrote: the encoder, the Q-network (``None`` if not saved) and the record's
+    other entries (``num_actions``, ``encoder_input``)."""
+    record = torch.load(path, weights_only=True)
+    encoder = RewardEncoder(**record["encoder"]["kwargs"])
+    encoder.load_state_dict(record["encoder"]["state"])
+    encoder.eval()
+    q_network = None
+    if "q_network" in record:
+        q_network = QNetwork(**record["q_network"]["kwargs"])
+        q_network.load_state_dict(record["q_network"]["state"])
+        q_network.eval()
+    return encoder, q_network, {k: v for k, v in record.items() if k not in ("encoder", "q_network")}

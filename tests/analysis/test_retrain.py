@@ -102,6 +102,14 @@ def test_cartpole_command_end_to_end(tmp_path):
     assert idata.posterior["reward"].shape[:2] == (1, 50)
     assert np.isfinite(idata.posterior["reward"].values).all()
     assert (out / "feedback.nc").exists()
+    # The learned reward is kept (reward_model.pt) and reloads as the function PPO was trained on
+    from mavrl_ppl.runs import load_run
+
+    loaded = load_run(out)
+    obs = idata.points["obs"].values[:7]
+    reward = loaded.reward_function()(obs, idata.points["action"].values[:7])
+    assert reward.shape == (7,) and np.isfinite(reward).all()
+    assert loaded.q_function()(obs).shape == (7, 2)
 
 
 def test_control_command_rejects_bad_input(tmp_path):
