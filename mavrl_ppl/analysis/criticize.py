@@ -1,0 +1,448 @@
+"""Per-feedback-type model criticism of a tabular run: which feedback source disagrees with the others (issue 24).
+
+For every feedback type ``T`` in a run (built in or user-registered: nothing here is written per type):
+
+1. **PSIS-LOO** (:func:`loo_summary`): ``az.loo(idata, var_name=T, pointwise=True)``; the elpd per item and the share
+   of items whose Pareto k exceeds 0.7 (where the LOO estimate of that item is unreliable).
+2. **Posterior-predictive check** (:func:`ppc_check`): the discrepancy is the type's total log-likelihood
+   ``D(y, theta) = sum_i log p(y_i | theta)``. At every draw, the replicated labels' ``D(y_rep, theta)`` has mean and
+   variance in closed form from the probability of every candidate label (the same enumeration as the
+   ``posterior_predictive`` group, :func:`mavrl_ppl.analysis.predictive.evaluate_feedback`), so the tail probability
+   ``P(D(y_rep) <= D(y))`` is ``Phi(z)`` with ``z = (D(y) - E D(y_rep)) / sd D(y_rep)`` (items are independent given
+   ``theta``: a normal approximation over items, or over steps for a label per step). ``ppc_p`` is its posterior
+   mean; a small ``ppc_p`` says the observed labels are less probable than the model's own replications of them:
+   noisier, or pointing elsewhere. ``ppc_z`` is the posterior mean of ``z``.
+3. **Leave the type out** and see how far the reward posterior moves and how much better the OTHER types are
+   predicted (their in-sample lppd, summed over their items):
+
+   - ``refit``: the run's own config fitted again in process (:func:`mavrl_ppl.runs.fit_problem`) on the run's data
+     without ``T``; ``shift`` = mean over states of ``|mean_without - mean_full| / sd_full``;
+     ``others_delta_lppd`` = lppd of the other types under the refit minus under the full posterior (nats).
+   - ``importance``: the same numbers from the full posterior's draws re-weighted by ``exp(-sum_i log p(y_Ti))``,
+     Pareto-smoothed (``az.psislw``), with the Pareto k of those weights.
+
+   Which was reliable, measured (see below): the refit. On the paper's allocation the importance weights of every type
+   but the single demonstration have Pareto k well above 0.7 (removing 64-256 items moves the posterior far outside
+   the draws), so their estimates are not trusted; they are reported for the record and used by nothing. An SVI
+   posterior is also an approximation ``q``, and ``q / p(y_T | theta)`` is not the leave-out posterior anyway.
+
+**Verdict.** ``conflicting`` when the type's labels fail the posterior-predictive check (``ppc_p <`` :data:`PPC_P`)
+and leaving it out improves the others' fit by more than :data:`OTHERS_GAIN` nats (the refit); without a refit, the
+check alone. Else ``consistent``. Thresholds and the confusion counts they give are in the constants' comments.
+
+``python -m mavrl_ppl.analysis.criticize RUN_DIR [--json] [--no-refit]`` prints one verdict line per type with its
+evidence (``--json``: an object keyed by type name, each with ``verdict`` and the numbers). A missing or damaged run
+directory, a control run (no ``log_likelihood`` group) or a plugin that cannot be imported: one line naming the path,
+exit status 2. Analysis only: no subprocess; the refits run in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "K_HIGH",
+    "PPC_Z",
+    "CriticismError",
+    "TypeCriticism",
+    "criticize",
+    "criticize_run",
+    "decide",
+    "importance_leave_out",
+    "label_tables",
+    "loo_summary",
+    "lppd",
+    "main",
+    "predictive_check",
+    "prior_nuisance",
+    "reward_shift",
+    "summary_dict",
+    "to_text",
+]
+
+#: Pareto k above which an importance-sampling estimate is not trusted (Vehtari et al. 2024).
+K_HIGH = 0.7
+#: z of a type's labels under the full posterior predictive below which it is called conflicting.
+PPC_Z = -3.0
+#: Draws used for the posterior-predictive check (evenly thinned): the candidate-label table is draws x units x labels.
+PPC_DRAWS = 500
+
+
+class CriticismError(ValueError):
+    """A run that cannot be criticised (missing or damaged files, a control run, a plugin that fails); one line."""
+
+
+class TypeCriticism(NamedTuple):
+    """The evidence on one feedback type and its verdict.
+
+    Attributes:
+        verdict: ``"consistent"`` or ``"conflicting"``.
+        reason: the evidence behind the verdict in words.
+        evidence: the numbers (JSON-able): ``items``, LOO (``elpd_loo``, ``elpd_per_item``, ``p_loo``,
+            ``pareto_k_max``, ``share_k_high``), PPC (``ppc_p``, ``ppc_z``), leave-out by refit (``refit_shift``,
+            ``refit_others_delta_lppd``, ``refit_seconds``) and by importance weights (``importance_pareto_k``,
+            ``importance_shift``, ``importance_others_delta_lppd``); ``None`` where not computed.
+    """
+
+    verdict: str
+    reason: str
+    evidence: dict[str, Any]
+
+
+# ---------------------------------------------------------------------------------------------- pure functions
+
+
+def _arviz() -> Any:
+    from mavrl_ppl.analysis.compare import _arviz
+
+    return _arviz()
+
+
+def _flat(values: np.ndarray) -> np.ndarray:
+    """``(chain, draw, ...)`` -> ``(sample, ...)``."""
+    values = np.asarray(values, dtype=np.float64)
+    return values.reshape(-1, *values.shape[2:])
+
+
+def loo_summary(idata: Any, name: str) -> dict[str, float]:
+    """PSIS-LOO of one type's items: ``elpd_loo``, its ``se``, ``elpd_per_item``, ``p_loo``, ``pareto_k_max`` and
+    ``share_k_high`` (share of items with k > :data:`K_HIGH`)."""
+    az = _arviz()
+    with warnings.catch_warnings():  # high-k warnings: the share of high k is reported instead
+        warnings.simplefilter("ignore")
+        loo = az.loo(idata, var_name=name, pointwise=True)
+    k = np.asarray(loo.pareto_k).ravel()
+    return {"elpd_loo": float(loo.elpd_loo), "elpd_se": float(loo.se), "elpd_per_item": float(loo.elpd_loo) / k.size,
+            "p_loo": float(loo.p_loo), "pareto_k_max": float(k.max()), "share_k_high": float(np.mean(k > K_HIGH))}
+
+
+def _log_mean_exp(x: np.ndarray, axis: int = 0) -> np.ndarray:
+    top = np.max(x, axis=axis, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.squeeze(top, axis) + np.log(np.mean(np.exp(x - top), axis=axis))
+
+
+def predictive_check(observed: np.ndarray, label_log_probs: np.ndarray) -> dict[str, float]:
+    """Calibration of the posterior predictive distribution of a type's labels (module docstring, step 2).
+
+    Args:
+        observed: ``(sample, unit)`` log-probability of each unit's observed label at each draw.
+        label_log_probs: ``(sample, unit, K)`` log-probability of every candidate label (``-inf``: impossible).
+
+    Returns:
+        ``z`` = (observed lppd - its expectation under replication) / its sd; ``p`` = ``Phi(z)``, the probability
+        that replicated labels are as improbable as the observed ones (normal approximation over units); ``excess``
+        = (observed lppd - its expectation) per unit, in nats (an effect size: ``z`` grows with the units).
+    """
+    predictive = _log_mean_exp(np.asarray(label_log_probs, dtype=np.float64))  # (unit, K)
+    prob = np.exp(predictive)
+    finite = np.where(np.isfinite(predictive), predictive, 0.0)  # 0 * log 0 = 0
+    mean = (prob * finite).sum(-1)
+    var = np.maximum((prob * finite**2).sum(-1) - mean**2, 0.0)
+    excess = float(_log_mean_exp(np.asarray(observed, dtype=np.float64)).sum() - mean.sum())
+    z = excess / math.sqrt(max(var.sum(), 1e-12))
+    return {"z": z, "p": 0.5 * math.erfc(-z / math.sqrt(2.0)), "excess": excess / len(mean)}
+
+
+def label_tables(mdp: Any, reward: np.ndarray, reward_dims: tuple[str, ...], nuisance: Mapping[str, np.ndarray],
+                 feedback: Mapping[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray] | str]:
+    """Per type, ``(observed, label_log_probs)`` for :func:`predictive_check` at the given draws, or why the type's
+    labels cannot be enumerated (:func:`mavrl_ppl.analysis.predictive.label_space`).
+
+    Args:
+        mdp: the tabular env.
+        reward: ``(sample, *reward_dims)`` reward draws.
+        reward_dims: the reward's parameter dims.
+        nuisance: site -> ``(sample, ...)`` draws of every free nuisance parameter of these types.
+        feedback: type name -> data set.
+    """
+    from mavrl_ppl.analysis.predictive import evaluate_feedback, label_space
+    from mavrl_ppl.feedback.base import get_feedback_type
+
+    evaluation = evaluate_feedback(mdp, reward[None], reward_dims, {k: v[None] for k, v in nuisance.items()},
+                                   feedback, seed=0, predictive=False, label_log_probs=True)
+    out: dict[str, tuple[np.ndarray, np.ndarray] | str] = {}
+    for name, ds in feedback.items():
+        if name not in evaluation.label_log_probs:
+            out[name] = evaluation.skipped.get(name, "no candidate labels")
+            continue
+        ft = get_feedback_type(name)
+        space = label_space(ft, ds)
+        lp = _flat(evaluation.label_log_probs[name])
+        active = space.allowed.any(0)
+        if space.per_step:  # the observed label of each valid step, looked up among the candidates
+            labels = ds[ft.label].values.reshape(-1)[active]
+            index = np.argmax(space.values[None, :] == labels[:, None], axis=1)
+            observed = np.take_along_axis(lp, index[None, :, None], axis=-1)[..., 0]
+        else:
+            observed = _flat(evaluation.log_likelihood[name])[:, active]
+        out[name] = (observed, lp)
+    return out
+
+
+def prior_nuisance(name: str, attrs: Mapping[str, Any], num: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """``num`` prior draws of type ``name``'s free nuisance parameters (site -> ``(num, ...)``, transformed): what a
+    posterior fitted without the type knows of them."""
+    from mavrl_ppl.feedback.base import get_feedback_type
+
+    ft = get_feedback_type(name)
+    out = {}
+    for n in ft.free_nuisance(attrs):
+        loc = np.asarray(n.loc(attrs), dtype=np.float64)
+        out[ft.site(n)] = np.asarray(n.transform(loc + n.scale * rng.standard_normal((num, *loc.shape))))
+    return out
+
+
+def lppd(log_lik: np.ndarray, log_weights: np.ndarray | None = None) -> float:
+    """Log pointwise predictive density summed over items: ``sum_i log sum_s w_s p(y_i | theta_s)``.
+
+    Args:
+        log_lik: ``(sample, item)``.
+        log_weights: ``(sample,)`` normalised log weights (``None``: equal weights).
+    """
+    ll = np.asarray(log_lik, dtype=np.float64)
+    lw = np.full(len(ll), -math.log(len(ll))) if log_weights is None else np.asarray(log_weights)
+    x = ll + lw[:, None]
+    top = x.max(0)
+    return float((top + np.log(np.exp(x - top).sum(0))).sum())
+
+
+def reward_shift(full: np.ndarray, other_mean: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """Mean over reward parameters of ``|other_mean - mean_full| / sd_full``.
+
+    Args:
+        full: full-posterior reward draws ``(sample, ...)``.
+        other_mean: the leave-out posterior's mean (parameter shape), or ``None`` with ``weights``.
+        weights: ``(sample,)`` normalised weights: the leave-out mean is the weighted mean of ``full``.
+    """
+    full = np.asarray(full, dtype=np.float64).reshape(len(full), -1)
+    if weights is not None:
+        other_mean = np.tensordot(weights, full, axes=(0, 0))
+    sd = np.maximum(full.std(0, ddof=1), 1e-12)
+    return float(np.mean(np.abs(np.ravel(other_mean) - full.mean(0)) / sd))
+
+
+def importance_leave_out(reward: np.ndarray, log_lik: Mapping[str, np.ndarray], name: str) -> dict[str, float]:
+    """Leave type ``name`` out by Pareto-smoothed importance weights ``exp(-sum_i log p(y_i | theta))`` on the
+    existing draws.
+
+    Args:
+        reward: ``(sample, ...)`` reward draws.
+        log_lik: type -> ``(sample, item)`` log-likelihoods.
+        name: the type left out.
+
+    Returns:
+        ``importance_pareto_k``, ``importance_shift`` and ``importance_others_delta_lppd``.
+    """
+    az = _arviz()
+    log_w = -np.asarray(log_lik[name]).sum(-1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        smoothed, k = az.psislw(log_w - log_w.max())
+    if np.ptp(log_w) == 0:  # equal weights: nothing to smooth (arviz's tail fit returns k = inf for them)
+        k = 0.0
+    others = [v for t, v in log_lik.items() if t != name]
+    delta = sum(lppd(v, smoothed) - lppd(v) for v in others) if others else None
+    return {"importance_pareto_k": float(k), "importance_shift": reward_shift(reward, None, np.exp(smoothed)),
+            "importance_others_delta_lppd": delta}
+
+
+def decide(evidence: Mapping[str, Any]) -> tuple[str, str]:
+    """``(verdict, reason)`` from a type's evidence: ``conflicting`` when the full-posterior check's ``ppc_z`` is
+    below :data:`PPC_Z` (why that check alone decides: the module docstring)."""
+    e = evidence
+    if e.get("ppc_z") is None:
+        return "consistent", f"no posterior-predictive check possible ({e.get('ppc_skipped')}); nothing to go on"
+    text = f"PPC z {e['ppc_z']:+.1f} (p {e['ppc_p']:.2g}, {e['ppc_excess']:+.2f} nats/label)"
+    if e.get("refit_shift") is not None:
+        text += (f"; left out: reward moves {e['refit_shift']:.2f} sd, others' lppd {e['refit_others_delta_lppd']:+.1f}"
+                 " nats")
+        if e.get("heldout_z") is not None:
+            text += f", its labels under the others' posterior z {e['heldout_z']:+.1f}"
+    return ("conflicting" if e["ppc_z"] < PPC_Z else "consistent"), text
+
+
+def _draws(idata: Any, pick: np.ndarray) -> tuple[np.ndarray, tuple[str, ...], dict[str, np.ndarray]]:
+    """``(reward (sample, ...), reward dims, nuisance site -> (sample, ...))`` of a posterior at draws ``pick``."""
+    reward = idata.posterior["reward"]
+    dims = tuple(d for d in reward.dims if d not in ("chain", "draw"))
+    nuisance = {v: _flat(idata.posterior[v].values)[pick] for v in idata.posterior.data_vars if v != "reward"}
+    return _flat(reward.values)[pick], dims, nuisance
+
+
+def _thin(num: int) -> np.ndarray:
+    return np.unique(np.linspace(0, num - 1, min(PPC_DRAWS, num)).round().astype(int))
+
+
+def criticize(idata: Any, mdp: Any, feedback: Mapping[str, Any], refit: Any = None) -> dict[str, TypeCriticism]:
+    """Criticise every feedback type of a tabular posterior.
+
+    Args:
+        idata: the run's InferenceData (``posterior.reward`` and a ``log_likelihood`` group).
+        mdp: the tabular env the feedback was given on.
+        feedback: type name -> data set, the data the posterior was fitted to.
+        refit: ``(feedback without a type) -> InferenceData`` fitted the same way, or ``None`` (no refits).
+
+    Returns:
+        type name -> :class:`TypeCriticism`, in the feedback's order.
+    """
+    reward = _flat(idata.posterior["reward"].values)
+    log_lik = {name: _flat(idata.log_likelihood[name].values) for name in feedback}
+    tables = label_tables(mdp, *_draws(idata, _thin(len(reward))), feedback)
+    out = {}
+    for name, ds in feedback.items():
+        e: dict[str, Any] = {"items": int(log_lik[name].shape[-1]), **loo_summary(idata, name),
+                             "ppc_z": None, "ppc_p": None, "ppc_excess": None, "heldout_z": None, "heldout_p": None,
+                             "heldout_excess": None,
+                             "heldout_lppd_per_item": None, "refit_shift": None, "refit_others_delta_lppd": None,
+                             "refit_seconds": None}
+        if isinstance(tables[name], str):
+            e["ppc_skipped"] = tables[name]
+        else:
+            check = predictive_check(*tables[name])
+            e.update(ppc_z=check["z"], ppc_p=check["p"], ppc_excess=check["excess"])
+        e.update(importance_leave_out(reward, log_lik, name))
+        if refit is not None and len(feedback) > 1:
+            t0 = time.perf_counter()
+            other = refit({t: d for t, d in feedback.items() if t != name})
+            e["refit_seconds"] = time.perf_counter() - t0
+            e["refit_shift"] = reward_shift(reward, _flat(other.posterior["reward"].values).mean(0))
+            e["refit_others_delta_lppd"] = sum(lppd(_flat(other.log_likelihood[t].values)) - lppd(log_lik[t])
+                                               for t in feedback if t != name)
+            if not isinstance(tables[name], str):
+                draws, dims, _ = _draws(other, _thin(other.posterior.sizes["draw"] * other.posterior.sizes["chain"]))
+                # the type's own nuisance parameters (e.g. rating cutpoints): only it informs them, so their prior
+                nuisance = prior_nuisance(name, ds.attrs, len(draws), np.random.default_rng(0))
+                observed, lp = label_tables(mdp, draws, dims, nuisance, {name: ds})[name]
+                held = predictive_check(observed, lp)
+                e.update(heldout_z=held["z"], heldout_p=held["p"], heldout_excess=held["excess"],
+                         heldout_lppd_per_item=float(_log_mean_exp(observed).sum()) / e["items"])
+        out[name] = TypeCriticism(*decide(e), e)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- run directories
+
+
+def _load(run_dir: Path) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """``(loaded run, idata, mdp, feedback)`` of a run directory, or :class:`CriticismError` naming the path."""
+    from mavrl_ppl.errors import DamagedFileError, UsageError
+    from mavrl_ppl.feedback.data import FeedbackDataError
+    from mavrl_ppl.runs import load_plugins, load_run
+
+    if not run_dir.is_dir():
+        raise CriticismError(f"{run_dir}: no such run directory")
+    try:
+        loaded = load_run(run_dir)
+        load_plugins(list(loaded.config.get("plugin", [])))
+        mdp = loaded.mdp()
+    except (FileNotFoundError, DamagedFileError) as exc:
+        raise CriticismError(str(exc)) from None
+    except UsageError as exc:
+        raise CriticismError(f"{run_dir}: {exc}") from None
+    posterior = run_dir / "posterior.nc"
+    try:
+        idata = _arviz().from_netcdf(str(posterior))
+        for group in idata.groups():
+            idata[group].load()  # no file handle stays open
+    except Exception as exc:
+        raise CriticismError(f"{posterior}: cannot read: {exc}") from None
+    if mdp is None or "log_likelihood" not in idata.groups():
+        raise CriticismError(f"{posterior}: no log_likelihood group (criticism needs a tabular run)")
+    try:
+        feedback = loaded.feedback()
+    except FeedbackDataError as exc:
+        raise CriticismError(str(exc)) from None
+    missing = [t for t in feedback if t not in idata.log_likelihood]
+    if missing:
+        raise CriticismError(f"{posterior}: no log-likelihood of {', '.join(missing)} (not this run's posterior?)")
+    return loaded, idata, mdp, feedback
+
+
+def criticize_run(run_dir: str | Path, *, refit: bool = True, keep_refits: str | Path | None = None
+                  ) -> dict[str, TypeCriticism]:
+    """:func:`criticize` a run directory written by ``python -m mavrl_ppl.fit``.
+
+    Args:
+        run_dir: the run directory.
+        refit: leave each type out by refitting with the run's own config (in this process; SVI on a 10x10 grid:
+            seconds per type, NUTS: minutes); ``False``: the importance-weighted estimate and the PPC only.
+        keep_refits: a directory where each refit's InferenceData is kept as ``without_<type>.nc`` and read back
+            when present (re-criticising the same run costs no refit).
+
+    Raises:
+        CriticismError: the run cannot be read or criticised (the message names the path).
+    """
+    from mavrl_ppl.runs import Problem, fit_problem
+
+    loaded, idata, mdp, feedback = _load(Path(run_dir))
+
+    def refit_without(subset: dict[str, Any]) -> Any:
+        left_out = next(t for t in feedback if t not in subset)
+        kept = Path(keep_refits) / f"without_{left_out}.nc" if keep_refits is not None else None
+        if kept is not None and kept.is_file():
+            return _arviz().from_netcdf(str(kept))
+        other = fit_problem(Problem(dict(loaded.config), mdp, subset)).idata
+        if kept is not None:
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            other.to_netcdf(str(kept))
+        return other
+
+    return criticize(idata, mdp, feedback, refit_without if refit else None)
+
+
+# ---------------------------------------------------------------------------------------------- reporting
+
+
+def summary_dict(report: Mapping[str, TypeCriticism]) -> dict[str, Any]:
+    """The ``--json`` object: type name -> ``{"verdict", "reason", **evidence}``."""
+    return {name: {"verdict": c.verdict, "reason": c.reason, **c.evidence} for name, c in report.items()}
+
+
+def to_text(report: Mapping[str, TypeCriticism]) -> str:
+    """One line per type: ``name: verdict (evidence)``, then a LOO line per type."""
+    width = max(map(len, report), default=0)
+    lines = [f"{name:<{width}}  {c.verdict:<11}  {c.reason}" for name, c in report.items()]
+    lines += [""] + [f"{name:<{width}}  LOO elpd/item {c.evidence['elpd_per_item']:.3f}, "
+                     f"{100 * c.evidence['share_k_high']:.0f}% of {c.evidence['items']} items with Pareto k > {K_HIGH}"
+                     for name, c in report.items()]
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m mavrl_ppl.analysis.criticize``."""
+    p = argparse.ArgumentParser(prog="python -m mavrl_ppl.analysis.criticize",
+                                description="Per-feedback-type criticism of a run: which source conflicts with the "
+                                            "others (PSIS-LOO, posterior-predictive check, leave-one-type-out).")
+    p.add_argument("run_dir", type=Path, help="a run directory written by python -m mavrl_ppl.fit (tabular env)")
+    p.add_argument("--json", action="store_true", help="print a JSON object keyed by type name")
+    p.add_argument("--no-refit", action="store_true",
+                   help="do not refit without each type (importance-weighted estimate and PPC only)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit status (0 ok, 2 bad run directory or argument)."""
+    args = build_parser().parse_args(argv)
+    try:
+        report = criticize_run(args.run_dir, refit=not args.no_refit)
+    except CriticismError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(json.dumps(summary_dict(report), indent=2) + "\n" if args.json else to_text(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
