@@ -8,10 +8,11 @@ Run from the repository root::
 
 ``fit`` runs the default SVI fit (the paper's allocation) per seed, then corrupts ONE type of that run's
 ``feedback.nc`` at a time and fits it with ``--data`` (same seed): preferences get coin-flip labels, the demonstration
-uniformly random actions, ratings are shuffled across items, stop times are shuffled across items. Runs are skipped
-when their directory exists (resumable). ``criticize`` writes ``<run>/criticism.json`` (the ``--json`` output plus the
-seconds it took) for every run without one and prints the confusion table: per condition, how often each type was
-called conflicting.
+uniformly random actions, ratings are shuffled across items (``ratingrev``: reversed, K-1-r), stop times are shuffled
+across items. Runs are skipped when their directory exists (resumable). ``criticize`` writes
+``<run>/criticism.json`` (the ``--json`` output plus the seconds it took; the refits are kept in ``<run>/refits``) for
+every run without one and prints the confusion table: per condition, how often each type was called conflicting
+(under today's thresholds, recomputed from the recorded evidence).
 
 This is not the teacher != model misspecification of issue 24 part 1 (another setting); it is the crude corruption the
 criticism's tests use, measured on more seeds.
@@ -30,27 +31,33 @@ import numpy as np
 from mavrl_ppl.experiments.baseline_table import parse_seeds
 
 CORRUPTIONS = ("pref", "demo", "rating", "stop")
+#: Conditions beyond one corruption per type: ratings reversed (K-1-r), a source that contradicts the others rather
+#: than one that says nothing (shuffled ratings).
+EXTRA = {"ratingrev": "rating"}
 
 
 def corrupt(feedback: dict, name: str, rng: np.random.Generator) -> dict:
     """A copy of ``feedback`` with type ``name``'s labels made uninformative (see the module docstring)."""
     out = dict(feedback)
-    ds = feedback[name].copy(deep=True)
+    kind = EXTRA.get(name, name)
+    ds = feedback[kind].copy(deep=True)
     if name == "pref":
         ds["preference"].values[:] = rng.integers(0, 2, ds.sizes["item"])
     elif name == "demo":
         ds["action"].values[:] = rng.integers(0, int(ds.attrs["num_actions"]), ds["action"].shape)
     elif name == "rating":
         ds["rating"].values[:] = rng.permutation(ds["rating"].values)
+    elif name == "ratingrev":
+        ds["rating"].values[:] = int(ds.attrs["num_categories"]) - 1 - ds["rating"].values
     elif name == "stop":
         ds["stop_time"].values[:] = rng.permutation(ds["stop_time"].values)
     else:
         raise ValueError(f"no corruption for {name!r}")
-    out[name] = ds
+    out[kind] = ds
     return out
 
 
-def fit_all(env: str, seeds: list[int], out: Path) -> None:
+def fit_all(env: str, seeds: list[int], out: Path, conditions: list[str]) -> None:
     from mavrl_ppl.feedback.data import load_feedback, save_feedback
     from mavrl_ppl.runs import run
 
@@ -59,7 +66,7 @@ def fit_all(env: str, seeds: list[int], out: Path) -> None:
         clean = out / f"{env}_seed{seed}_clean"
         if not clean.exists():
             run({"env": env, "seed": seed}, clean)
-        for name in CORRUPTIONS:
+        for name in conditions:
             target = out / f"{env}_seed{seed}_{name}"
             if target.exists():
                 continue
@@ -69,7 +76,7 @@ def fit_all(env: str, seeds: list[int], out: Path) -> None:
         print(f"seed {seed} fitted", file=sys.stderr, flush=True)
 
 
-def criticize_all(out: Path, again: bool = False, only: list[str] | None = None) -> None:
+def criticize_all(out: Path, again: bool = False, only: list[str] | None = None, refit: bool = True) -> None:
     from mavrl_ppl.analysis.criticize import criticize_run, summary_dict
 
     for run_dir in sorted(p for p in out.iterdir() if (p / "metrics.json").is_file()):
@@ -79,7 +86,7 @@ def criticize_all(out: Path, again: bool = False, only: list[str] | None = None)
         if record.exists() and not again:
             continue
         t0 = time.perf_counter()
-        report = summary_dict(criticize_run(run_dir, keep_refits=run_dir / 'refits'))
+        report = summary_dict(criticize_run(run_dir, refit=refit, keep_refits=run_dir / "refits"))
         report["_seconds"] = time.perf_counter() - t0
         record.write_text(json.dumps(report, indent=2) + "\n")
         print(f"{run_dir.name}: {report['_seconds']:.0f} s", file=sys.stderr, flush=True)
@@ -116,13 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--env", default="grid_trap")
     p.add_argument("--seeds", nargs="+", default=["0-4"])
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--conditions", nargs="+", default=list(CORRUPTIONS), choices=[*CORRUPTIONS, *EXTRA],
+                   help="the corrupted types to fit (fit)")
     p.add_argument("--only", nargs="*", help="criticise only these seeds (split the work over processes)")
+    p.add_argument("--no-refit", action="store_true", help="no leave-one-type-out refits (the PPC decides)")
     p.add_argument("--again", action="store_true", help="criticise runs that have a record again (refits are kept)")
     args = p.parse_args(argv)
     if args.action == "fit":
-        fit_all(args.env, parse_seeds(args.seeds), args.out)
+        fit_all(args.env, parse_seeds(args.seeds), args.out, args.conditions)
     elif args.action == "criticize":
-        criticize_all(args.out, args.again, args.only)
+        criticize_all(args.out, args.again, args.only, not args.no_refit)
     else:
         print(confusion_table(args.out))
     return 0

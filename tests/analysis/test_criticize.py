@@ -12,6 +12,7 @@ import pytest
 
 from mavrl_ppl.analysis.criticize import (
     CriticismError,
+    TypeCriticism,
     criticize_run,
     importance_leave_out,
     lppd,
@@ -19,13 +20,15 @@ from mavrl_ppl.analysis.criticize import (
     predictive_check,
     reward_shift,
     summary_dict,
+    to_text,
 )
 from mavrl_ppl.feedback.data import load_feedback, save_feedback
 from mavrl_ppl.runs import run
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plackett_luce.py"
-#: A small, quick run: 5x5 grid_trap, SVI, every built-in type (fits in seconds).
-SMALL = {"env": "grid_trap", "env_size": 5, "feedback": "pref=32,demo=1,rating=32,stop=64", "seed": 0}
+#: A small, quick run: 5x5 grid_trap, SVI (100 steps, 400 draws), every built-in type; fits in seconds.
+SMALL = {"env": "grid_trap", "env_size": 5, "feedback": "pref=32,demo=1,rating=32,stop=64", "seed": 0,
+         "svi": {"max_steps": 100, "num_posterior_samples": 400}}
 EVIDENCE = ("items", "elpd_loo", "elpd_per_item", "p_loo", "pareto_k_max", "share_k_high", "ppc_z", "ppc_p",
             "importance_pareto_k", "importance_shift", "refit_shift", "refit_others_delta_lppd", "heldout_z")
 
@@ -99,10 +102,10 @@ def test_json_is_an_object_keyed_by_type_with_a_verdict_and_its_evidence(clean_r
         assert entry["items"] == entry["items"] // 1 > 0 and 0.0 <= entry["share_k_high"] <= 1.0
         assert entry["elpd_loo"] < 0 and 0.0 <= entry["ppc_p"] <= 1.0
         assert entry["refit_shift"] is None  # --no-refit: no refit numbers, not made-up ones
-    text = capsys.readouterr().out
-    assert main([str(clean_run), "--no-refit"]) == 0
-    text = capsys.readouterr().out
-    assert all(line.split()[0] in report for line in text.splitlines()[: len(report)])
+    # the text report is the same evidence: one verdict line per type, first
+    text = to_text({name: TypeCriticism(e["verdict"], e["reason"], e) for name, e in report.items()})
+    assert [line.split()[:2] for line in text.splitlines()[: len(report)]] == [[t, e["verdict"]]
+                                                                              for t, e in report.items()]
 
 
 @pytest.mark.parametrize("case", ["missing", "not_a_run", "no_posterior"])
@@ -155,3 +158,34 @@ def corrupt_preferences(run_dir: Path, seed: int) -> Path:
     path = run_dir.parent / f"{run_dir.name}_pref_flipped.nc"
     save_feedback(path, {**feedback, "pref": pref})
     return path
+
+
+@pytest.fixture(scope="module")
+def flipped_run(clean_run: Path) -> Path:
+    out = clean_run.parent / "pref_flipped"
+    run({"data": str(corrupt_preferences(clean_run, seed=0)), "seed": 0, "svi": SMALL["svi"]}, out)
+    return out
+
+
+def test_coin_flip_preferences_are_flagged_and_nothing_is_on_the_clean_data(clean_run: Path, flipped_run: Path) -> None:
+    # Measured on this run (seed 0): clean ppc_z of pref / demo / rating / stop +1.1 / +0.7 / +1.1 / +2.9, corrupted
+    # pref -5.3 with the others at +0.1..+3.2: every margin to PPC_Z = -3 is over 2 units of z.
+    clean = summary_dict(criticize_run(clean_run, refit=False))
+    assert [t for t, e in clean.items() if e["verdict"] == "conflicting"] == [], clean
+    flipped = summary_dict(criticize_run(flipped_run, refit=False))
+    assert [t for t, e in flipped.items() if e["verdict"] == "conflicting"] == ["pref"], flipped
+    assert flipped["pref"]["ppc_excess"] < clean["pref"]["ppc_excess"] - 0.1  # coin flips: less probable labels
+
+
+@pytest.mark.slow
+def test_leaving_each_type_out_refits_it_and_keeps_the_refits(flipped_run: Path, tmp_path: Path) -> None:
+    report = summary_dict(criticize_run(flipped_run, keep_refits=tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"without_{t}.nc" for t in sorted(report)]
+    for name, entry in report.items():
+        assert entry["refit_shift"] > 0 and entry["refit_seconds"] > 0 and entry["heldout_z"] is not None, name
+    # coin flips carry no information: the others' posterior predicts them no better than chance, much worse than
+    # it predicts the clean types (measured on this run: pref held-out excess below the clean types')
+    assert report["pref"]["heldout_excess"] < min(report[t]["heldout_excess"] for t in ("demo", "rating"))
+    assert report["pref"]["verdict"] == "conflicting"
+    again = summary_dict(criticize_run(flipped_run, keep_refits=tmp_path))  # kept refits: the same numbers
+    assert again["pref"]["refit_shift"] == report["pref"]["refit_shift"]
