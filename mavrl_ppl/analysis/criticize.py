@@ -115,10 +115,12 @@ class TypeCriticism(NamedTuple):
     Attributes:
         verdict: ``"consistent"`` or ``"conflicting"``.
         reason: the evidence behind the verdict in words.
-        evidence: the numbers (JSON-able): ``items``, LOO (``elpd_loo``, ``elpd_per_item``, ``p_loo``,
-            ``pareto_k_max``, ``share_k_high``), PPC (``ppc_p``, ``ppc_z``), leave-out by refit (``refit_shift``,
-            ``refit_others_delta_lppd``, ``refit_seconds``) and by importance weights (``importance_pareto_k``,
-            ``importance_shift``, ``importance_others_delta_lppd``); ``None`` where not computed.
+        evidence: the numbers: ``items``; LOO (``elpd_loo``, ``elpd_se``, ``elpd_per_item``, ``p_loo``,
+            ``pareto_k_max``, ``share_k_high``); the PPC (``ppc_z``, ``ppc_p``, ``ppc_excess``, or ``ppc_skipped``
+            saying why there is none); leave-out by refit (``refit_shift``, ``refit_others_delta_lppd``,
+            ``refit_seconds``, ``heldout_z``, ``heldout_p``, ``heldout_excess``, ``heldout_lppd_per_item``) and by
+            importance weights (``importance_pareto_k``, ``importance_shift``, ``importance_others_delta_lppd``);
+            ``None`` where not computed.
     """
 
     verdict: str
@@ -435,8 +437,14 @@ def criticize_run(run_dir: str | Path, *, refit: bool = True, keep_refits: str |
 
 
 def summary_dict(report: Mapping[str, TypeCriticism]) -> dict[str, Any]:
-    """The ``--json`` object: type name -> ``{"verdict", "reason", **evidence}``."""
-    return {name: {"verdict": c.verdict, "reason": c.reason, **c.evidence} for name, c in report.items()}
+    """The ``--json`` object: type name -> ``{"verdict", "reason", **evidence}``; a non-finite number (a Pareto k of
+    inf) becomes ``None``, so the output is standard JSON."""
+
+    def plain(value: Any) -> Any:
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+
+    return {name: {"verdict": c.verdict, "reason": c.reason, **{k: plain(v) for k, v in c.evidence.items()}}
+            for name, c in report.items()}
 
 
 def to_text(report: Mapping[str, TypeCriticism]) -> str:
@@ -469,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     except CriticismError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    sys.stdout.write(json.dumps(summary_dict(report), indent=2) + "\n" if args.json else to_text(report))
+    sys.stdout.write(json.dumps(summary_dict(report), indent=2, allow_nan=False) + "\n" if args.json
+                     else to_text(report))
     return 0
 
 

@@ -94,7 +94,7 @@ def clean_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_json_is_an_object_keyed_by_type_with_a_verdict_and_its_evidence(clean_run: Path, capsys) -> None:
     assert main([str(clean_run), "--json", "--no-refit"]) == 0
-    report = json.loads(capsys.readouterr().out)
+    report = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"not standard JSON: {c}"))
     assert list(report) == list(load_feedback(clean_run / "feedback.nc"))
     for name, entry in report.items():
         assert entry["verdict"] in ("consistent", "conflicting"), name
