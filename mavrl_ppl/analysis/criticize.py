@@ -71,7 +71,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -314,7 +314,8 @@ def _thin(num: int) -> np.ndarray:
     return np.unique(np.linspace(0, num - 1, min(PPC_DRAWS, num)).round().astype(int))
 
 
-def criticize(idata: Any, mdp: Any, feedback: Mapping[str, Any], refit: Any = None) -> dict[str, TypeCriticism]:
+def criticize(idata: Any, mdp: Any, feedback: Mapping[str, Any],
+              refit: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, TypeCriticism]:
     """Criticise every feedback type of a tabular posterior.
 
     Args:
@@ -330,12 +331,9 @@ def criticize(idata: Any, mdp: Any, feedback: Mapping[str, Any], refit: Any = No
     log_lik = {name: _flat(idata.log_likelihood[name].values) for name in feedback}
     tables = label_tables(mdp, *_draws(idata, _thin(len(reward))), feedback)
     out = {}
-    for name, ds in feedback.items():
+    for name in feedback:
         e: dict[str, Any] = {"items": int(log_lik[name].shape[-1]), **loo_summary(idata, name),
-                             "ppc_z": None, "ppc_p": None, "ppc_excess": None, "heldout_z": None, "heldout_p": None,
-                             "heldout_excess": None,
-                             "heldout_lppd_per_item": None, "refit_shift": None, "refit_others_delta_lppd": None,
-                             "refit_seconds": None}
+                             **dict.fromkeys(("ppc_z", "ppc_p", "ppc_excess", *_REFIT_KEYS))}
         if isinstance(tables[name], str):
             e["ppc_skipped"] = tables[name]
         else:
@@ -343,22 +341,37 @@ def criticize(idata: Any, mdp: Any, feedback: Mapping[str, Any], refit: Any = No
             e.update(ppc_z=check["z"], ppc_p=check["p"], ppc_excess=check["excess"])
         e.update(importance_leave_out(reward, log_lik, name))
         if refit is not None and len(feedback) > 1:
-            t0 = time.perf_counter()
-            other = refit({t: d for t, d in feedback.items() if t != name})
-            e["refit_seconds"] = time.perf_counter() - t0
-            e["refit_shift"] = reward_shift(reward, _flat(other.posterior["reward"].values).mean(0))
-            e["refit_others_delta_lppd"] = sum(lppd(_flat(other.log_likelihood[t].values)) - lppd(log_lik[t])
-                                               for t in feedback if t != name)
-            if not isinstance(tables[name], str):
-                draws, dims, _ = _draws(other, _thin(other.posterior.sizes["draw"] * other.posterior.sizes["chain"]))
-                # the type's own nuisance parameters (e.g. rating cutpoints): only it informs them, so their prior
-                nuisance = prior_nuisance(name, ds.attrs, len(draws), np.random.default_rng(0))
-                observed, lp = label_tables(mdp, draws, dims, nuisance, {name: ds})[name]
-                held = predictive_check(observed, lp)
-                e.update(heldout_z=held["z"], heldout_p=held["p"], heldout_excess=held["excess"],
-                         heldout_lppd_per_item=float(_log_mean_exp(observed).sum()) / e["items"])
+            e.update(_leave_out_by_refit(mdp, feedback, name, reward, log_lik, refit,
+                                         check_labels=e["ppc_z"] is not None))
         out[name] = TypeCriticism(*decide(e), e)
     return out
+
+
+_REFIT_KEYS = ("heldout_z", "heldout_p", "heldout_excess", "heldout_lppd_per_item", "refit_shift",
+               "refit_others_delta_lppd", "refit_seconds")
+
+
+def _leave_out_by_refit(mdp: Any, feedback: Mapping[str, Any], name: str, reward: np.ndarray,
+                        log_lik: Mapping[str, np.ndarray], refit: Callable[[dict[str, Any]], Any], *,
+                        check_labels: bool) -> dict[str, Any]:
+    """The ``refit_*`` and ``heldout_*`` evidence on type ``name`` (module docstring, step 3)."""
+    t0 = time.perf_counter()
+    other = refit({t: d for t, d in feedback.items() if t != name})
+    e: dict[str, Any] = {
+        "refit_seconds": time.perf_counter() - t0,
+        "refit_shift": reward_shift(reward, _flat(other.posterior["reward"].values).mean(0)),
+        "refit_others_delta_lppd": sum(lppd(_flat(other.log_likelihood[t].values)) - lppd(log_lik[t])
+                                       for t in feedback if t != name),
+    }
+    if check_labels:
+        draws, dims, _ = _draws(other, _thin(other.posterior.sizes["draw"] * other.posterior.sizes["chain"]))
+        # the type's own nuisance parameters (e.g. rating cutpoints): only it informs them, so their prior
+        nuisance = prior_nuisance(name, feedback[name].attrs, len(draws), np.random.default_rng(0))
+        observed, lp = label_tables(mdp, draws, dims, nuisance, {name: feedback[name]})[name]
+        held = predictive_check(observed, lp)
+        e.update(heldout_z=held["z"], heldout_p=held["p"], heldout_excess=held["excess"],
+                 heldout_lppd_per_item=float(_log_mean_exp(observed).sum()) / log_lik[name].shape[-1])
+    return e
 
 
 # ---------------------------------------------------------------------------------------------- run directories
