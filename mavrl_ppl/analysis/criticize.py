@@ -47,14 +47,32 @@ the 10x10 grid, seeds 0-4; one type corrupted at a time in the run's ``feedback.
 coin-flip preferences, uniformly random demonstration actions, ratings shuffled across items, stop times shuffled
 across items, and ratings reversed ``K-1-r``). Runs in which each type was called conflicting, at ``PPC_Z = -2.5``:
 
-CONFUSION
+    ===========  =========  ======  ======  ========  ======  ==============================
+    condition    env        pref    demo    rating    stop    runs flagging another type
+    ===========  =========  ======  ======  ========  ======  ==============================
+    clean        grid_trap  0/5     0/5     0/5       0/5     (no flag at all: 0/5 runs)
+    clean        cliff      0/5     0/5     0/5       0/5     (no flag at all: 0/5 runs)
+    pref         grid_trap  **3/5** 0/5     0/5       0/5     0
+    pref         cliff      **1/5** 0/5     0/5       0/5     0
+    demo         grid_trap  0/5     **5/5** 0/5       0/5     0
+    demo         cliff      0/5     **4/5** 0/5       0/5     0
+    rating       grid_trap  0/5     0/5     **0/5**   0/5     0
+    rating       cliff      0/5     0/5     **1/5**   0/5     0
+    ratingrev    grid_trap  0/5     0/5     **5/5**   0/5     0
+    ratingrev    cliff      0/5     0/5     **2/5**   0/5     0
+    stop         grid_trap  0/5     0/5     0/5       **4/5** 0
+    stop         cliff      0/5     0/5     0/5       **4/5** 0
+    ===========  =========  ======  ======  ========  ======  ==============================
 
 :data:`PPC_Z` was chosen on the grid_trap runs, between the lowest z of any type that was NOT corrupted (-2.2, over
-the 100 uncorrupted type-runs; clean types sit at -0.8..+2.9) and the corrupted types that stand out (-2.8..-7.5);
-at -3 the counts were the same but for demonstrations 4/5 and preferences 2/5. grid_cliff was not used to choose
-it. What is not caught: shuffled ratings (z -2.4..-0.2: at this allocation the model predicts ratings barely better
-than chance, elpd -1.70 per rating vs -1.61 for a uniform guess, so noise in them is no surprise), and coin-flip
-preferences where the pairs' segments differ little in reward (then the model's own predictions are coin flips too).
+its 95 uncorrupted type-runs; on the clean runs -0.8..+2.9) and the corrupted types that stand out (-2.8..-7.5); over
+all 190 uncorrupted type-runs of both grids none was flagged (lowest z -2.3, on grid_cliff, which was not used to
+choose it). At -3 grid_trap caught demonstrations 4/5, preferences 2/5, reversed ratings 3/5; at -2 four of the 190
+uncorrupted type-runs were flagged. Short of the issue's target (8 of 10 seeds): corrupted preferences (4/10) and
+reversed ratings on grid_cliff (2/5); shuffled ratings are not caught (1/10, z -2.7..+0.2): at this allocation the
+model predicts ratings barely better than chance (seed 0 grid_trap, clean: elpd -1.70 per rating against -1.61 for
+a uniform guess), so noise in them is hardly a surprise. Coin-flip preferences probably pass where the paired
+segments differ little in reward, so that the model's own predictions are near coin flips too (not measured).
 Time per run (2 shared cores, load 5-8): 15-40 s without refits, 100-250 s with the four refits (20-80 s each).
 
 ``python -m mavrl_ppl.analysis.criticize RUN_DIR [--json] [--no-refit]`` prints one verdict line per type with its
