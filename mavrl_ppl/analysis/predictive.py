@@ -84,6 +84,9 @@ class FeedbackEvaluation(NamedTuple):
         skipped: type name -> why it has no posterior predictive.
         seed: the seed of the predictive draws.
         seconds: wall time of the evaluation.
+        label_log_probs: type name -> ``(chain, draw, unit, K)`` log-probability of every candidate label
+            (:class:`LabelSpace`) at every draw, ``-inf`` where impossible; the units are the items (or, for a label
+            per step, the valid steps) where some label is possible. Only when asked for (model criticism).
     """
 
     log_likelihood: dict[str, np.ndarray]
@@ -91,6 +94,7 @@ class FeedbackEvaluation(NamedTuple):
     skipped: dict[str, str]
     seed: int
     seconds: float
+    label_log_probs: dict[str, np.ndarray] = {}  # noqa: RUF012 (a NamedTuple default, never mutated)
 
     @property
     def attrs(self) -> dict[str, object]:
@@ -275,8 +279,11 @@ def _logsumexp(values: np.ndarray) -> np.ndarray:
 class _Term:
     """One feedback type's data set: its batches and indices, and what has been computed so far."""
 
-    def __init__(self, name: str, dataset: xr.Dataset, groups: np.ndarray, seed: int, predictive: bool) -> None:
+    def __init__(self, name: str, dataset: xr.Dataset, groups: np.ndarray, seed: int, predictive: bool,
+                 keep_log_probs: bool = False) -> None:
         self.name, self.dataset = name, dataset
+        self.keep_log_probs = keep_log_probs
+        self.log_probs: list[np.ndarray] = []
         self.ft = get_feedback_type(name)
         self.batch = batch_from_dataset(self.ft, dataset, _to_array)
         self.index = _step_indices(dataset, groups)
@@ -338,6 +345,8 @@ class _Term:
             if not np.allclose(steps.sum(-1), log_lik, rtol=0.0, atol=SUM_TOLERANCE):
                 self.skipped = "its likelihood does not factorise over steps (the per-step terms do not add up)"
                 return
+        if self.keep_log_probs:
+            self.log_probs.append(np.moveaxis(logp[:, :, self.active], 0, -1))  # (draw, unit, K)
         norm = _logsumexp(logp)
         norm = np.where(np.isfinite(norm), norm, 0.0)  # units without a candidate (padded steps): drawn, then replaced
         cumulative = np.cumsum(np.exp(logp - norm), axis=0)  # (K, draw, unit)
@@ -360,6 +369,7 @@ def evaluate_feedback(
     seed: int,
     log_likelihood: bool = True,
     predictive: bool = True,
+    label_log_probs: bool = False,
 ) -> FeedbackEvaluation:
     """Per-item log-likelihoods and posterior-predictive labels of every feedback type at every posterior draw.
 
@@ -372,6 +382,7 @@ def evaluate_feedback(
         seed: seeds the predictive draws (one stream per type, keyed by its name).
         log_likelihood: compute the ``log_likelihood`` group.
         predictive: compute the ``posterior_predictive`` group.
+        label_log_probs: also keep every candidate label's log-probability (implies ``predictive``).
     """
     t0 = time.perf_counter()
     reward = np.asarray(reward, dtype=np.float64)
@@ -380,7 +391,8 @@ def evaluate_feedback(
     flat = {site: np.asarray(v, dtype=np.float64).reshape(chains * draws, *np.shape(v)[2:])
             for site, v in nuisance.items()}
     groups = reward_groups(mdp, reward_dims)
-    terms = [_Term(name, ds, groups, seed, predictive) for name, ds in feedback.items()]
+    terms = [_Term(name, ds, groups, seed, predictive or label_log_probs, label_log_probs)
+             for name, ds in feedback.items()]
     needs_q = any("q" in term.ft.needs for term in terms)
     per_draw = max([term.elements_per_draw(mdp.num_actions) for term in terms], default=1)
     chunk = max(1, ELEMENT_BUDGET // per_draw)
@@ -397,8 +409,10 @@ def evaluate_feedback(
 
     return FeedbackEvaluation(
         log_likelihood={t.name: by_chain(t.log_lik) for t in terms if log_likelihood},
-        posterior_predictive={t.name: by_chain(t.draws) for t in terms if t.space is not None and t.skipped is None},
+        posterior_predictive={t.name: by_chain(t.draws) for t in terms
+                              if predictive and t.space is not None and t.skipped is None},
         skipped={t.name: t.skipped for t in terms if t.skipped is not None},
         seed=int(seed),
         seconds=time.perf_counter() - t0,
+        label_log_probs={t.name: by_chain(t.log_probs) for t in terms if t.log_probs and t.skipped is None},
     )

@@ -1,0 +1,142 @@
+"""Per-type criticism on clean vs deliberately corrupted data (issue 24 part 3): the confusion counts behind the
+thresholds of :mod:`mavrl_ppl.analysis.criticize`.
+
+Run from the repository root::
+
+    python benchmarks/criticize_confusion.py fit --env grid_trap --seeds 0-4 --out /tmp/crit   # the runs
+    python benchmarks/criticize_confusion.py criticize --out /tmp/crit                           # one JSON per run
+
+``fit`` runs the default SVI fit (the paper's allocation) per seed, then corrupts ONE type of that run's
+``feedback.nc`` at a time and fits it with ``--data`` (same seed): preferences get coin-flip labels, the demonstration
+uniformly random actions, ratings are shuffled across items (``ratingrev``: reversed, K-1-r), stop times are shuffled
+across items. Runs are skipped when their directory exists (resumable). ``criticize`` writes
+``<run>/criticism.json`` (the ``--json`` output plus the seconds it took; the refits are kept in ``<run>/refits``) for
+every run without one and prints the confusion table: per condition, how often each type was called conflicting
+(under today's thresholds, recomputed from the recorded evidence).
+
+This is not the teacher != model misspecification of issue 24 part 1 (another setting); it is the crude corruption the
+criticism's tests use, measured on more seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mavrl_ppl.experiments.baseline_table import parse_seeds
+
+CORRUPTIONS = ("pref", "demo", "rating", "stop")
+#: Conditions beyond one corruption per type: ratings reversed (K-1-r), a source that contradicts the others rather
+#: than one that says nothing (shuffled ratings).
+EXTRA = {"ratingrev": "rating"}
+
+
+def corrupt(feedback: dict, name: str, rng: np.random.Generator) -> dict:
+    """A copy of ``feedback`` with type ``name``'s labels made uninformative (see the module docstring)."""
+    out = dict(feedback)
+    kind = EXTRA.get(name, name)
+    ds = feedback[kind].copy(deep=True)
+    if name == "pref":
+        ds["preference"].values[:] = rng.integers(0, 2, ds.sizes["item"])
+    elif name == "demo":
+        ds["action"].values[:] = rng.integers(0, int(ds.attrs["num_actions"]), ds["action"].shape)
+    elif name == "rating":
+        ds["rating"].values[:] = rng.permutation(ds["rating"].values)
+    elif name == "ratingrev":
+        ds["rating"].values[:] = int(ds.attrs["num_categories"]) - 1 - ds["rating"].values
+    elif name == "stop":
+        ds["stop_time"].values[:] = rng.permutation(ds["stop_time"].values)
+    else:
+        raise ValueError(f"no corruption for {name!r}")
+    out[kind] = ds
+    return out
+
+
+def fit_all(env: str, seeds: list[int], out: Path, conditions: list[str]) -> None:
+    from mavrl_ppl.feedback.data import load_feedback, save_feedback
+    from mavrl_ppl.runs import run
+
+    out.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        clean = out / f"{env}_seed{seed}_clean"
+        if not clean.exists():
+            run({"env": env, "seed": seed}, clean)
+        for name in conditions:
+            target = out / f"{env}_seed{seed}_{name}"
+            if target.exists():
+                continue
+            data = out / f"{env}_seed{seed}_{name}.nc"
+            save_feedback(data, corrupt(load_feedback(clean / "feedback.nc"), name, np.random.default_rng(seed)))
+            run({"data": str(data), "seed": seed}, target)
+        print(f"seed {seed} fitted", file=sys.stderr, flush=True)
+
+
+def criticize_all(out: Path, again: bool = False, only: list[str] | None = None, refit: bool = True) -> None:
+    from mavrl_ppl.analysis.criticize import criticize_run, summary_dict
+
+    for run_dir in sorted(p for p in out.iterdir() if (p / "metrics.json").is_file()):
+        if only and not any(f"_seed{seed}_" in run_dir.name for seed in only):
+            continue
+        record = run_dir / "criticism.json"
+        if record.exists() and not again:
+            continue
+        t0 = time.perf_counter()
+        report = summary_dict(criticize_run(run_dir, refit=refit, keep_refits=run_dir / "refits"))
+        report["_seconds"] = time.perf_counter() - t0
+        record.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"{run_dir.name}: {report['_seconds']:.0f} s", file=sys.stderr, flush=True)
+    print(confusion_table(out))
+
+
+def confusion_table(out: Path) -> str:
+    """Markdown: per env and condition, how many seeds called each type conflicting."""
+    from mavrl_ppl.analysis.criticize import decide
+
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    totals: dict[tuple[str, str], int] = {}
+    for record in sorted(out.glob("*/criticism.json")):
+        stem = record.parent.name  # <env>_seed<S>_<condition>
+        env, condition = stem.rpartition("_seed")[0], stem.rsplit("_", 1)[1]
+        report = json.loads(record.read_text())
+        key = (env, condition)
+        totals[key] = totals.get(key, 0) + 1
+        for name, entry in report.items():
+            if not name.startswith("_"):
+                counts.setdefault(key, {}).setdefault(name, 0)
+                counts[key][name] += decide(entry)[0] == "conflicting"  # today's thresholds, not the record's
+    lines = ["| env | condition | runs | " + " | ".join(f"{t} flagged" for t in CORRUPTIONS) + " |",
+             "|---|---|---|" + "---|" * len(CORRUPTIONS)]
+    for (env, condition), n in sorted(totals.items()):
+        lines.append(f"| {env} | {condition} | {n} | "
+                     + " | ".join(str(counts[(env, condition)].get(t, 0)) for t in CORRUPTIONS) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("action", choices=("fit", "criticize", "table"))
+    p.add_argument("--env", default="grid_trap")
+    p.add_argument("--seeds", nargs="+", default=["0-4"])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--conditions", nargs="+", default=list(CORRUPTIONS), choices=[*CORRUPTIONS, *EXTRA],
+                   help="the corrupted types to fit (fit)")
+    p.add_argument("--only", nargs="*", help="criticise only these seeds (split the work over processes)")
+    p.add_argument("--no-refit", action="store_true", help="no leave-one-type-out refits (the PPC decides)")
+    p.add_argument("--again", action="store_true", help="criticise runs that have a record again (refits are kept)")
+    args = p.parse_args(argv)
+    if args.action == "fit":
+        fit_all(args.env, parse_seeds(args.seeds), args.out, args.conditions)
+    elif args.action == "criticize":
+        criticize_all(args.out, args.again, args.only, not args.no_refit)
+    else:
+        print(confusion_table(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
