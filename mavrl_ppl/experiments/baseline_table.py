@@ -58,14 +58,17 @@ __all__ = [
     "RecordError",
     "build_table",
     "check_fit_options",
+    "cluster_label",
     "load_record",
     "parse_seeds",
     "plan_fits",
+    "read_metrics",
     "record_path",
     "record_settings",
     "run_fit",
     "run_names",
     "save_record",
+    "seed_text",
     "settings_table",
     "summarize_cell",
     "table_to_latex",
@@ -217,7 +220,8 @@ def _fit_task(fit: FitFunction, config: dict[str, Any], out: Path, source: Path 
     return fit(config, out)
 
 
-def _read_metrics(run_dir: Path) -> dict[str, Any] | None:
+def read_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """A run directory's ``metrics.json``, ``None`` if it has none or it cannot be read (a run not finished)."""
     path = run_dir / "metrics.json"
     if not path.is_file():
         return None
@@ -243,7 +247,7 @@ def _classify(spec: FitSpec, outcome: Outcome | None) -> _Outcome:
     """A finished (``outcome``) or reused (``None``) fit, from the executor's outcome and the run's ``metrics.json``."""
     if outcome is not None and outcome.status != "ok":
         return _Outcome(outcome.status, message=outcome.message)
-    metrics = _read_metrics(spec.out)
+    metrics = read_metrics(spec.out)
     if metrics is None:
         return _Outcome("failed", message=f"{spec.out}: finished without a metrics.json")
     if spec.run == "nuts" and not _converged(metrics):
@@ -350,7 +354,7 @@ def summarize_cell(fits: dict[str, FitSpec], outcomes: dict[str, _Outcome], sett
     runs: dict[str, dict[str, Any]] = {}
     for run, f in fits.items():
         o = outcomes[f.name]
-        metrics = (_read_metrics(f.out) or {}) if o.status in ("ok", "unconverged") else {}
+        metrics = (read_metrics(f.out) or {}) if o.status in ("ok", "unconverged") else {}
         runs[run] = {"status": o.status, "message": o.message, "metrics": metrics}
     singles = [r for r in fits if r.startswith("svi-")]
     bad = [fits[r].name for r in singles if runs[r]["status"] != "ok"]
@@ -570,7 +574,7 @@ def table_to_markdown(ds: xr.Dataset) -> str:
     def table(header: list[str], rows: list[list[str]]) -> list[str]:
         return markdown_table(header, rows).split("\n")
 
-    lines = [f"## Baseline table: mean ± standard error over seeds {_seed_text(ds)}", ""]
+    lines = [f"## Baseline table: mean ± standard error over seeds {seed_text(ds)}", ""]
     if "stop_lapse" in ds.attrs:
         lapse = float(ds.attrs["stop_lapse"])
         lines += [f"Stop model: lapse {lapse:g}" + (" (the paper's lapse-free model)." if lapse == 0 else
@@ -592,7 +596,7 @@ def table_to_markdown(ds: xr.Dataset) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cluster_label(cluster: Any) -> str:
+def cluster_label(cluster: Any) -> str:
     """How the table names where its fits ran: ``""`` (local processes), the ``--cluster`` text, or a cluster
     object's scheduler address."""
     if cluster is None:
@@ -607,7 +611,8 @@ def _parallel_text(ds: xr.Dataset) -> str:
     return f"on the Dask cluster {cluster}" if cluster else f"{int(ds.attrs.get('jobs', 1))} parallel jobs"
 
 
-def _seed_text(ds: xr.Dataset) -> str:
+def seed_text(ds: xr.Dataset) -> str:
+    """A table's seeds as text: ``"0-9"`` when contiguous, else a comma-separated list."""
     seeds = [int(s) for s in ds["seed"].values]
     contiguous = seeds == list(range(seeds[0], seeds[-1] + 1))
     return f"{seeds[0]}-{seeds[-1]}" if contiguous and len(seeds) > 1 else ", ".join(map(str, seeds))
@@ -625,7 +630,7 @@ def table_to_latex(ds: xr.Dataset) -> str:
         return latex_tabular([latex_escape(h) for h in header], [[latex_escape(c) for c in r] for r in rows],
                              latex_escape(caption), align="ll" + "r" * (len(header) - 2), placement="t").split("\n")
 
-    lines = tabular(MAIN_HEADER, main, f"Mean ± standard error over seeds {_seed_text(ds)}.")
+    lines = tabular(MAIN_HEADER, main, f"Mean ± standard error over seeds {seed_text(ds)}.")
     caption = "Agreement of the SVI posterior with the NUTS posterior on the same data."
     lines += ["", *tabular(AGREE_HEADER, agree, caption)]
     return "\n".join(lines) + "\n"
@@ -644,7 +649,7 @@ def plot_table(ds: xr.Dataset, path: Path) -> Path:
     errors = np.stack([ds[f"{k}_se"].values for k in METRICS])
     return plot_grouped_bars([str(e) for e in ds["env"].values], [METHOD_LABELS[m] for m in ds["approach"].values],
                              means, errors, path, ylabels=["normalised score (%)", "EPIC distance", "fit seconds"],
-                             title=f"mean ± SE over seeds {_seed_text(ds)}")
+                             title=f"mean ± SE over seeds {seed_text(ds)}")
 
 
 def settings_table(path: Path | None, table: str) -> dict[str, Any] | None:
@@ -732,7 +737,7 @@ def build_table(
         fits_reused=reused_runs + len(recorded) * len(runs), cells_from_records=len(recorded),
         fits_run=sum(not o.reused and o.status not in ("skipped",) for o in outcomes.values()), jobs=int(jobs),
         feedback=feedback, svi_config=str(svi_config or ""), nuts_config=str(nuts_config or ""),
-        records=str(records), cluster=_cluster_label(cluster), stop_lapse=float(settings["stop_lapse"]),
+        records=str(records), cluster=cluster_label(cluster), stop_lapse=float(settings["stop_lapse"]),
     )
     ds.attrs["runs_total_seconds"] = float(sum(float(run["metrics"].get("total_seconds", 0.0))
                                                for cell in cells.values() for run in cell["runs"].values()))

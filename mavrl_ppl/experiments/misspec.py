@@ -56,16 +56,16 @@ from mavrl_ppl.experiments.baseline_table import (
     FitFunction,
     FitSpec,
     RecordError,
-    _cluster_label,
-    _read_metrics,
-    _seed_text,
     check_fit_options,
+    cluster_label,
     load_record,
     parse_seeds,
+    read_metrics,
     record_settings,
     run_fit,
     run_fits,
     save_record,
+    seed_text,
     settings_table,
 )
 from mavrl_ppl.experiments.executor import run_command
@@ -227,7 +227,7 @@ def summarize_cell(env: str, condition: str, seed: int, fits: Mapping[str, FitSp
     for role in ROLES:
         spec = fits[role]
         outcome = outcomes[spec.name]
-        metrics = (_read_metrics(spec.out) or {}) if outcome.status == "ok" else {}
+        metrics = (read_metrics(spec.out) or {}) if outcome.status == "ok" else {}
         runs[role] = {"run": spec.name, "status": outcome.status, "message": outcome.message, "metrics": metrics}
     return {"env": env, "seed": seed, "condition": condition, "settings": dict(settings), "runs": runs,
             "complete": all(r["status"] == "ok" for r in runs.values())}
@@ -325,7 +325,7 @@ def to_markdown(ds: xr.Dataset) -> str:
     """The table as Markdown: ours in the published layout, the published table below in the same layout, the runs
     that failed, and the wall time."""
     align = "l" + "r" * (3 * ds.sizes["env"])
-    lines = [f"## Misspecification: normalised score (%), mean ± SE over seeds {_seed_text(ds)}", "",
+    lines = [f"## Misspecification: normalised score (%), mean ± SE over seeds {seed_text(ds)}", "",
              f"Teacher corruptions ({_corruption_text()}); counts pref 64, demo 1, rating 64, stop 256. {SCORING}", "",
              markdown_table(_header(ds), _ours(ds, "±"), align), "",
              "### Published (REFERENCE_EXPERIMENTS.md §1; scored as stated above)", "",
@@ -348,7 +348,7 @@ def to_latex(ds: xr.Dataset) -> str:
     align = "l" + "r" * (3 * ds.sizes["env"])
     out = []
     for rows, caption in ((_ours(ds, r"$\pm$"), f"Ours: normalised score (\\%), mean $\\pm$ SE over seeds "
-                           f"{_seed_text(ds)}. {latex_escape(SCORING)}"),
+                           f"{seed_text(ds)}. {latex_escape(SCORING)}"),
                           (_published(ds, r"$\pm$"), "Published (REFERENCE\\_EXPERIMENTS.md \\S{}1).")):
         body = [[latex_escape(r[0]), *(c.replace("—", "--") for c in r[1:])] for r in rows]
         tex = latex_tabular(header, body, caption, align=align, size="small")
@@ -373,7 +373,7 @@ def plot(ds: xr.Dataset, path: Path) -> Path:
                              ["ours: Base", "ours: Misspec", "paper: Base", "paper: Misspec"], means, errors, path,
                              ylabels=["normalised score (%)"] * len(envs), stacked=True,
                              panel_titles=[f"{e}: Base = well-specified teacher, Misspec = corrupted" for e in envs],
-                             title=f"Misspecification, mean ± SE over seeds {_seed_text(ds)} (paper: as published)")
+                             title=f"Misspecification, mean ± SE over seeds {seed_text(ds)} (paper: as published)")
 
 
 # ------------------------------------------------------------------------------------------------ the command
@@ -443,7 +443,7 @@ def build_misspec(
             save_record(records / condition, cell)
     ds = assemble(cells, envs, conditions, seeds)
     ds.attrs.update(wall_seconds=time.perf_counter() - t0, fits_run=len(fits) - reused, fits_reused=reused,
-                    cells_from_records=len(keys) - len(todo), jobs=int(jobs), cluster=_cluster_label(cluster),
+                    cells_from_records=len(keys) - len(todo), jobs=int(jobs), cluster=cluster_label(cluster),
                     svi_config=str(svi_config or ""), records=str(records), scoring=SCORING,
                     corruptions=json.dumps(CORRUPTIONS), counts=json.dumps(GRID_ALLOCATION))
     if env_size is not None:
