@@ -26,6 +26,7 @@ from mavrl_ppl.inference.settings import Q_MODELS, SVISettings
 from mavrl_ppl.inference.training import OnEvaluate, Trainer, TrainingDivergedError
 from mavrl_ppl.models.joint import JointFeedbackModel
 from mavrl_ppl.models.networks import transition_features
+from mavrl_ppl.models.sites import gaussian_draws
 from mavrl_ppl.planning.torch_backend import ExactPlanner
 
 __all__ = [
@@ -184,15 +185,13 @@ def posterior_draws(
             draws = model.rewards.group_draws(num_samples, generator)
             reward = draws.reshape(num_samples, *feats.shape[:-1])[None].double().numpy()
         else:
-            mu, sigma = model.encoder(feats)
-            eps = torch.randn((num_samples, *mu.shape), generator=generator, dtype=mu.dtype)
-            reward = (mu + sigma * eps)[None].double().numpy()
+            reward = gaussian_draws(*model.encoder(feats), num_samples, generator)[None].double().numpy()
         nuisance = {}
         for name in model.attrs:
             ft = get_feedback_type(name)
             for n in ft.free_nuisance(model.attrs[name]):
                 loc = pyro.param(f"{ft.site(n)}_z_loc").detach()
                 scale = pyro.param(f"{ft.site(n)}_z_scale").detach()
-                z = loc + scale * torch.randn((num_samples, *loc.shape), generator=generator, dtype=loc.dtype)
+                z = gaussian_draws(loc, scale, num_samples, generator)
                 nuisance[ft.site(n)] = n.transform(z)[None].double().numpy()
     return reward, dims, nuisance
