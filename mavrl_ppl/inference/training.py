@@ -14,11 +14,12 @@ import pyro
 import pyro.util
 import torch
 from pyro import poutine
-from pyro.infer import SVI, TraceMeanField_ELBO
+from pyro.infer import TraceMeanField_ELBO
 from tqdm.auto import tqdm
 
 from mavrl_ppl.errors import DamagedFileError
 from mavrl_ppl.inference.data import Batch, Minibatches, num_items
+from mavrl_ppl.inference.optim import ClippedAdamW
 from mavrl_ppl.inference.settings import SVISettings
 from mavrl_ppl.models.joint import JointFeedbackModel
 
@@ -134,16 +135,12 @@ class Best(NamedTuple):
         return self._replace(stale=self.stale + 1)
 
 
-def make_optimizer(learning_rate: float, lr_decay: float, weight_decay: float, clip_norm: float, max_steps: int):
+def make_optimizer(learning_rate: float, lr_decay: float, weight_decay: float, clip_norm: float,
+                   max_steps: int) -> ClippedAdamW:
     """AdamW with an exponential learning-rate decay to ``lr_decay * learning_rate`` at ``max_steps``: the
     single-draw ELBO gradient is noisy, and a shrinking step lets the parameters settle instead of jittering around
     the optimum. Gradients are clipped per parameter tensor."""
-    return pyro.optim.ExponentialLR(
-        {"optimizer": torch.optim.AdamW,
-         "optim_args": {"lr": learning_rate, "weight_decay": weight_decay},
-         "gamma": lr_decay ** (1.0 / max_steps)},
-        clip_args={"clip_norm": clip_norm},
-    )
+    return ClippedAdamW(learning_rate, weight_decay, clip_norm, lr_decay ** (1.0 / max_steps))
 
 
 class Trainer:
@@ -179,10 +176,9 @@ class Trainer:
         self.seed, self.checkpoint, self.on_evaluate = seed, checkpoint, on_evaluate
         self.optim = make_optimizer(settings.learning_rate, settings.lr_decay, settings.weight_decay,
                                     settings.clip_norm, settings.max_steps)
-        elbo = TraceMeanField_ELBO(num_particles=settings.num_particles)
-        self.svi = SVI(model.model, model.guide, self.optim, elbo)
-        with poutine.block():  # create every parameter once (lazily, as Pyro does)
-            self.svi.evaluate_loss(self.minibatches())
+        self.elbo = TraceMeanField_ELBO(num_particles=settings.num_particles)
+        with poutine.block(), torch.no_grad():  # create every parameter once (lazily, as Pyro does)
+            self.elbo.loss(model.model, model.guide, self.minibatches())
         self.history: dict = {"elbo": [], "validation": [], "validation_step": []}
         self.best = Best(math.inf, 0, 0, snapshot())
 
@@ -246,13 +242,13 @@ class Trainer:
     def _step(self, step: int) -> float:
         """One SVI step and the learning-rate decay; on a non-finite loss, back to the best state and raise."""
         try:
-            loss = self.svi.step(self.minibatches())
+            loss = self._svi_step(self.minibatches())
         except ValueError:
             # A non-finite parameter makes Pyro's distribution checks raise before any loss exists: same as NaN.
             if all(torch.isfinite(v).all() for _, v in pyro.get_param_store().named_parameters()):
                 raise
             loss = math.nan
-        self.optim.step()  # the schedulers' step: decay the learning rate
+        self.optim.decay()
         if not math.isfinite(loss):
             restore(self.best.params)
             self._save(step)
@@ -261,6 +257,14 @@ class Trainer:
                 f"(step {self.best.step})"
             )
         return loss
+
+    def _svi_step(self, batch: Mapping) -> float:
+        """The ELBO's gradients and one optimiser step on every parameter the model and guide used (what Pyro's
+        ``SVI.step`` does, with :class:`ClippedAdamW` in place of a ``PyroOptim``)."""
+        with poutine.trace(param_only=True) as params:
+            loss = self.elbo.loss_and_grads(self.model.model, self.model.guide, batch)
+        self.optim.step((name, site["value"].unconstrained()) for name, site in params.trace.nodes.items())
+        return float(loss)
 
     def _validation_losses(self) -> dict[str, float]:
         """Mean held-out negative log predictive per item, by type."""
