@@ -136,7 +136,7 @@ class PlannedValues:
         return None  # Q* satisfies the Bellman equation exactly
 
     def predictive(self, draws: torch.Tensor, batch: Mapping) -> torch.Tensor:
-        return self.planner(draws).to(draws.dtype)[:, self.rewards.state(batch)]
+        return torch.stack([self.planner(d) for d in draws]).to(draws.dtype)[:, self.rewards.state(batch)]
 
     def point(self, batch: Mapping) -> torch.Tensor:
         mean = self.rewards.group_mean()

@@ -35,33 +35,25 @@ class ExactPlanner:
         self._rows = torch.arange(self.num_states)
 
     def _q_of_policy(self, expected: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:
-        """``Q_pi = R + gamma P V_pi`` by one linear solve per leading index of ``expected`` ``(..., S, A)``."""
+        """``Q_pi = R + gamma P V_pi`` by one linear solve."""
         p_pi = self.transitions[self._rows, policy]
-        r_pi = torch.gather(expected, -1, policy[..., None])[..., 0]
-        value = torch.linalg.solve(self._eye - self.gamma * p_pi, r_pi)
-        return expected + self.gamma * (self.transitions @ value[..., None, :, None])[..., 0]
+        value = torch.linalg.solve(self._eye - self.gamma * p_pi, expected[self._rows, policy])
+        return expected + self.gamma * self.transitions @ value
 
     def __call__(self, group_rewards: torch.Tensor) -> torch.Tensor:
-        """``Q*`` of shape ``(..., S, A)`` for ``(..., G)`` group rewards (differentiable, float64).
-
-        A batch of reward vectors (the validation pass's guide draws) is planned in one loop of batched solves, each
-        row's policy iterated until it is stable; only an unbatched call (one SVI step) updates the warm start, so
-        consecutive steps keep starting from the previous step's policy.
-        """
-        if group_rewards.shape[-1:] != (self.num_groups,):
+        """``Q*`` of shape ``(S, A)`` for a ``(G,)`` vector of group rewards (differentiable, float64)."""
+        if group_rewards.shape != (self.num_groups,):
             raise ValueError(f"expected {self.num_groups} group rewards, got shape {tuple(group_rewards.shape)}")
-        expected = (self.transitions * group_rewards.double()[..., self.reward_groups]).sum(-1)  # E[R(s, a, S')]
+        expected = (self.transitions * group_rewards.double()[self.reward_groups]).sum(-1)  # E[R(s, a, S')]
         with torch.no_grad():
-            start = expected.argmax(-1) if self._policy is None else self._policy
-            policy = start.expand(expected.shape[:-1])
+            policy = expected.argmax(-1) if self._policy is None else self._policy
             for _ in range(self.num_states + 1):  # policy iteration ends within |S| improvements in practice
                 q = self._q_of_policy(expected, policy)
                 best = q.max(-1)
-                tol = SWITCH_TOL * (1.0 + best.values.abs().amax(-1, keepdim=True))
-                keep = torch.gather(q, -1, policy[..., None])[..., 0] >= best.values - tol
+                tol = SWITCH_TOL * (1.0 + best.values.abs().max())
+                keep = q[self._rows, policy] >= best.values - tol
                 if bool(keep.all()):
                     break
                 policy = torch.where(keep, policy, best.indices)
-            if group_rewards.ndim == 1:
-                self._policy = policy
+            self._policy = policy
         return self._q_of_policy(expected, policy)

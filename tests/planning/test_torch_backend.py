@@ -29,25 +29,9 @@ def test_shapes_dtype_and_errors():
     np.testing.assert_allclose(
         q.numpy(), q_star(mdp.transitions, mdp.reward_groups, mdp.gamma, theta.double().numpy()), rtol=0, atol=1e-12
     )
-    for bad in (torch.zeros(15), torch.zeros(17), torch.zeros(2, 15), torch.tensor(0.0)):
+    for bad in (torch.zeros(15), torch.zeros(17), torch.zeros(1, 16), torch.zeros(2, 16), torch.tensor(0.0)):
         with pytest.raises(ValueError, match="group rewards"):
             planner(bad)
-
-
-def test_a_batch_of_rewards_is_planned_row_by_row_and_leaves_the_warm_start_alone():
-    """The validation pass plans its guide draws in one batched call: each row is its own exact Q* (rows whose policy
-    iteration needs more rounds than others included), and the unbatched warm start is the last unbatched call's."""
-    mdp = make_tabular("grid_cliff", p_rand=0.1)
-    planner = ExactPlanner(mdp.transitions, mdp.reward_groups, mdp.gamma)
-    rng = np.random.default_rng(3)
-    rows = np.concatenate([rng.normal(size=(6, planner.num_groups)), 5.0 * rng.normal(size=(2, planner.num_groups))])
-    planner(torch.as_tensor(rows[0]))
-    warm = planner._policy.clone()
-    batch = planner(torch.as_tensor(rows).reshape(2, 4, -1))
-    assert batch.shape == (2, 4, planner.num_states, planner.num_actions)
-    expected = q_star(mdp.transitions, mdp.reward_groups, mdp.gamma, rows)
-    np.testing.assert_allclose(batch.reshape(8, planner.num_states, -1).numpy(), expected, rtol=0, atol=1e-10)
-    assert torch.equal(planner._policy, warm)
 
 
 def test_warm_start_never_changes_the_result():
