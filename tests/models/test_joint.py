@@ -339,6 +339,27 @@ def test_planner_mode_scores_labels_under_q_star_of_the_sampled_reward(name, mdp
     assert not torch.allclose(other, expected)
 
 
+def test_a_validation_pass_plans_its_draws_once_for_every_type_and_scores_as_if_planned_afresh(mdp, feedback, data):
+    """Every type's held-out score uses the same seeded guide draws, so their Q* is planned once per pass; a score
+    must equal the one of a model that plans from scratch, and a changed guide must be planned again."""
+    model = build("tied-planner", mdp, feedback)
+    calls = []
+    planner = model.values.planner
+    model.values.planner = lambda reward: calls.append(1) or planner(reward)
+    with torch.no_grad():
+        scores = {n: model.predictive_log_likelihood(n, b, num_draws=5) for n, b in data.items()}
+    assert len(calls) == 5  # not 5 per type
+    for name, batch in data.items():
+        fresh = build("tied-planner", mdp, feedback)
+        with torch.no_grad():
+            torch.testing.assert_close(fresh.predictive_log_likelihood(name, batch, num_draws=5), scores[name],
+                                       rtol=0, atol=1e-12)
+    with torch.no_grad():
+        next(model.encoder.parameters()).add_(0.5)
+        model.predictive_log_likelihood("demo", data["demo"], num_draws=5)
+    assert len(calls) == 10
+
+
 def test_q_values_come_from_the_strategy(mdp, feedback, data):
     batch = data["demo"]
     planned = build("tied-planner", mdp, feedback)
