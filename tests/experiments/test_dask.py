@@ -173,6 +173,7 @@ def assert_same_table(a: xr.Dataset, b: xr.Dataset, timed: bool = True) -> None:
             np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=name)
 
 
+@pytest.mark.slow  # ~21 s: a 12-fit table twice plus its netCDF reading; the executor-level Dask tests above stay fast
 def test_the_table_on_dask_is_the_local_table(cluster: object, tmp_path: Path) -> None:
     fail = [f"svi-stop_{ENV}_seed1"]
     local = build_table([ENV], SEEDS, tmp_path / "local", fit=FakeFit(fail=fail), progress=False, in_process=True)
@@ -188,6 +189,7 @@ def test_the_table_on_dask_is_the_local_table(cluster: object, tmp_path: Path) -
     assert [run for run, _ in calls(tmp_path / "log2")] == fail
 
 
+@pytest.mark.slow  # ~20 s; a task whose worker dies is also tested on the executor alone (fast)
 def test_killing_a_worker_mid_table_still_completes_it(own_cluster: object, tmp_path: Path) -> None:
     log = tmp_path / "log"
     killed: list[tuple[str, int]] = []

@@ -146,6 +146,7 @@ def worker(storage: str, trials: int, *extra: str) -> subprocess.Popen:
                             env={**os.environ, "PYTHONWARNINGS": "error::DeprecationWarning"})
 
 
+@pytest.mark.slow  # ~24 s: two worker processes x 6 trials on a journal file; CI runs three on one PostgreSQL study
 def test_two_workers_share_one_journal(tmp_path):
     storage = str(tmp_path / "shared.journal")
     procs = [worker(storage, 6, "--max-steps", "20"), worker(storage, 6, "--max-steps", "20")]

@@ -59,6 +59,7 @@ def test_starts_are_spread_as_the_approximation_times_scale(scale):
     np.testing.assert_allclose(whitened.mean(0), 0.0, atol=0.05 * scale)
 
 
+@pytest.mark.slow  # ~20 s, nearly all XLA compiling two mode searches; every NUTS run in the fast suite uses them
 def test_on_the_feedback_model_the_mode_beats_the_prior_mean_and_the_same_rng_gives_the_same_starts():
     mdp = make_tabular("grid_trap", size=4, p_rand=0.1)
     feedback = simulate_feedback(TabularTeacher(mdp), {"pref": 12, "demo": 1, "rating": 12, "stop": 16},
