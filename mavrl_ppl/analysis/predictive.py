@@ -405,7 +405,7 @@ class _Term:
             rows = self._looped_log_probs(labels, theta, q, params)
         logp = np.full((len(space.values), len(theta), space.allowed.shape[1]), -np.inf)
         logp[live] = rows[:len(live)]
-        logp[~np.broadcast_to(space.allowed[:, None, :], logp.shape)] = -np.inf
+        np.copyto(logp, -np.inf, where=~space.allowed[:, None, :])
         return logp, rows[-1] if observed else None
 
     def update(self, theta: np.ndarray, q: np.ndarray | None, nuisance: Mapping[str, np.ndarray],
@@ -423,7 +423,8 @@ class _Term:
             self.log_lik.append(log_lik)
         if space is None:
             return
-        total = _logsumexp(logp)[:, self.active]
+        norm = _logsumexp(logp)
+        total = norm[:, self.active]
         if not np.all(np.abs(total) <= SUM_TOLERANCE):
             worst = float(np.nanmax(np.where(np.isnan(total), np.inf, np.abs(total))))
             self.skipped = f"the probabilities of the enumerated labels do not sum to one (|log sum| up to {worst:.3g})"
@@ -435,7 +436,6 @@ class _Term:
                 return
         if self.keep_log_probs:
             self.log_probs.append(np.moveaxis(logp[:, :, self.active], 0, -1))  # (draw, unit, K)
-        norm = _logsumexp(logp)
         norm = np.where(np.isfinite(norm), norm, 0.0)  # units without a candidate (padded steps): drawn, then replaced
         cumulative = np.cumsum(np.exp(logp - norm), axis=0)  # (K, draw, unit)
         u = self.rng.random(cumulative.shape[1:])
