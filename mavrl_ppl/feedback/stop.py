@@ -17,7 +17,7 @@ import numpy as np
 from array_api_compat import array_namespace
 
 from mavrl_ppl.feedback.base import FeedbackType, Latents, VariableSpec, register
-from mavrl_ppl.feedback.ops import log1m_exp, masked_sum, pick
+from mavrl_ppl.feedback.ops import log1m_exp, masked_sum, pick, zero
 from mavrl_ppl.feedback.segments import segment_dataset
 from mavrl_ppl.feedback.teachers import Teacher
 
@@ -42,9 +42,9 @@ def cumulative_regret(q, action, valid, rho: float):
     """Instant regret ``g_t = max_a Q(s_t, a) - Q(s_t, a_t)`` (0 on invalid steps) and ``C_t = sum rho^(t-s) g_s``."""
     xp = array_namespace(q)
     # Padded steps may hold anything (inf, NaN): zero them BEFORE max/pick, or their gradients are NaN there.
-    q = xp.where(valid[..., None], q, xp.zeros_like(q))
+    q = xp.where(valid[..., None], q, zero(q))
     g = xp.max(q, axis=-1) - pick(q, action)
-    g = xp.where(valid, g, xp.zeros_like(g))
+    g = xp.where(valid, g, zero(g))
     lower = discount_matrix(g.shape[-1], rho, xp, g.dtype)
     return g @ xp.permute_dims(lower, (1, 0))
 
