@@ -3,6 +3,7 @@ agreement with the NUTS model's JAX log-likelihood, a user's type, and both back
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -118,6 +119,32 @@ def test_predictive_draws_follow_the_label_probabilities(problem, name):
         padded = ~feedback[name]["valid"].values
         observed = feedback[name][get_feedback_type(name).label].values
         assert np.all(drawn.reshape(n, *observed.shape)[:, padded] == observed[padded])
+
+
+@pytest.mark.parametrize("name", ["pref", "stop"])
+def test_a_likelihood_that_cannot_take_a_candidate_axis_is_called_once_per_candidate(problem, name):
+    """The candidates are batched into one likelihood call only where that reproduces one call per candidate; a user's
+    likelihood that refuses (or mishandles) the extra label axis gets the per-candidate calls and the same numbers."""
+    mdp, feedback, reward, nuisance = problem
+    builtin = get_feedback_type(name)
+
+    def one_label_per_item(batch, latents, params):
+        if batch[builtin.label].ndim != feedback[name][builtin.label].ndim:
+            raise ValueError("one label per item")
+        return builtin.log_likelihood(batch, latents, params)
+
+    narrow = dataclasses.replace(builtin, name=f"test_narrow_{name}", log_likelihood=one_label_per_item)
+    register(narrow)
+    try:
+        sites = {f"{narrow.name}_{k.split('_', 1)[1]}": v for k, v in nuisance.items() if k.startswith(name)}
+        theirs = evaluate_feedback(mdp, reward, ("state",), sites, {narrow.name: feedback[name]}, seed=0,
+                                   label_log_probs=True)
+    finally:
+        unregister(narrow.name)
+    ours = evaluate_feedback(mdp, reward, ("state",), nuisance, {name: feedback[name]}, seed=0, label_log_probs=True)
+    assert theirs.skipped == {} == ours.skipped
+    np.testing.assert_allclose(theirs.log_likelihood[narrow.name], ours.log_likelihood[name], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(theirs.label_log_probs[narrow.name], ours.label_log_probs[name], rtol=0, atol=1e-12)
 
 
 def test_numpy_log_likelihood_equals_the_nuts_models_jax_log_likelihood(problem):
