@@ -63,7 +63,9 @@ def _child(out: Path) -> dict[str, float]:
                 times[label] = times.get(label, 0.0) + time.perf_counter() - t0
         return wrapper
 
-    from mavrl_ppl.fit import main  # the command's own imports
+    from mavrl_ppl.fit import hide_dask, main  # the command's own imports
+
+    hide_dask()  # as python -m mavrl_ppl.fit does before anything else
 
     times["imports"] = time.perf_counter() - START
     # The command imports its heavy libraries lazily, inside the stages; imported here first, each is timed alone

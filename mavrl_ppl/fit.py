@@ -32,14 +32,22 @@ def _interrupted_at_start(signum: int, frame: object) -> None:
     os._exit(128 + signum)
 
 
+def hide_dask() -> None:
+    """Make ``import dask`` fail in this process unless Dask is already loaded.
+
+    One fit never uses Dask, but with Dask installed (a dependency, for scale-out) xarray imports dask.array at its
+    first Variable and dask.distributed at every ``to_netcdf``, only to learn that no array is a Dask array: ~1 s of
+    the default command on a 2-core machine. Marked absent (importlib's "None in sys.modules"), xarray skips both.
+    The command calls this first thing; a library user's process is left alone.
+    """
+    sys.modules.setdefault("dask", None)  # type: ignore[arg-type]
+
+
 if __name__ == "__main__" and threading.current_thread() is threading.main_thread():
     for _signum in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(_signum) is not signal.SIG_IGN:  # an ignored Ctrl-C (nohup, background jobs) stays so
             signal.signal(_signum, _interrupted_at_start)
-    # One fit never uses Dask, but with Dask installed (the scale-out extra) xarray imports dask.array at its first
-    # Variable and dask.distributed at every to_netcdf, only to learn that no array is a Dask array: ~1 s of the
-    # default command on an idle 2-core machine. Marked absent, xarray skips both (importlib's "None in sys.modules").
-    sys.modules.setdefault("dask", None)  # type: ignore[assignment]
+    hide_dask()
 
 import argparse  # noqa: E402 - after the start-up handlers: an import interrupted by Ctrl-C prints one line
 import json  # noqa: E402
