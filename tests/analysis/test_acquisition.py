@@ -1,0 +1,255 @@
+"""Acquisition (issue 23): the BALD expected information gain of candidate queries of every feedback type, computed
+through each type's own likelihood at every possible label, and the greedy batch by gain per unit cost."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mavrl_ppl.analysis.acquisition import (
+    ROUND_OFF,
+    candidate_queries,
+    information_gain,
+    item_information_gain,
+    parse_costs,
+    query_information_gain,
+    select_queries,
+    unit_items,
+)
+from mavrl_ppl.analysis.predictive import evaluate_feedback
+from mavrl_ppl.envs import make_tabular
+from mavrl_ppl.feedback import TabularTeacher, simulate_feedback, unregister
+
+TYPES = ("pref", "demo", "rating", "stop")
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plackett_luce.py"
+
+
+@pytest.fixture(scope="module")
+def problem():
+    """As test_predictive's: a 4x4 grid with random moves, observed feedback of all four types (the preference
+    rationality inferred), posterior-like draws around the true reward; plus a pool of candidate queries that take
+    the observed data's attributes."""
+    mdp = make_tabular("grid_trap", size=4, p_rand=0.1)
+    teacher = TabularTeacher(mdp)
+    observed = simulate_feedback(teacher, {"pref": 12, "demo": 2, "rating": 12, "stop": 16},
+                                 np.random.default_rng(0), {"stop": {"lapse": 0.05}})
+    observed["pref"] = observed["pref"].copy()
+    del observed["pref"].attrs["beta"]
+    rng = np.random.default_rng(1)
+    draws = 40
+    reward = mdp.group_rewards + 0.7 * rng.normal(size=(2, draws, mdp.num_states))
+    nuisance = {"pref_beta": np.exp(0.5 * rng.normal(size=(2, draws))),
+                "rating_cutpoints": np.sort(2.0 * rng.normal(size=(2, draws, 4)), axis=-1)}
+    pool = candidate_queries(teacher, {"pref": 20, "demo": 4, "rating": 20, "stop": 20}, np.random.default_rng(2),
+                             {"stop": {"lapse": 0.05}}, like=observed)
+    return mdp, pool, reward, nuisance
+
+
+def entropy_difference(logp):
+    """``H[mean_d p_d] - mean_d H[p_d]`` written out directly (probabilities, not log space): the definition the
+    function's KL form must reproduce."""
+    p = np.exp(logp.reshape(-1, *logp.shape[-2:]))
+    p = p / p.sum(-1, keepdims=True)
+    mean = p.mean(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h_mean = -np.where(mean > 0, mean * np.log(mean), 0.0).sum(-1)
+        h_each = -np.where(p > 0, p * np.log(p), 0.0).sum(-1).mean(0)
+    return h_mean - h_each
+
+
+# -- information_gain on constructed inputs --------------------------------------------------------------------
+
+
+def test_a_label_certain_under_every_draw_has_zero_gain():
+    # unit 0: label 1 certain at every draw; unit 1: label 0 certain; both with the other labels impossible (-inf)
+    logp = np.full((2, 5, 2, 3), -np.inf)
+    logp[:, :, 0, 1] = 0.0
+    logp[:, :, 1, 0] = 0.0
+    gain = information_gain(logp)
+    assert gain.eig.shape == (2,)
+    np.testing.assert_array_equal(gain.eig, 0.0)  # exactly: every term is 1 * (0 - 0)
+    np.testing.assert_array_equal(gain.predictive_entropy, 0.0)
+    np.testing.assert_array_equal(gain.expected_entropy, 0.0)
+    # the same label distribution at every draw, not certain: no information about the reward either
+    rng = np.random.default_rng(0)
+    one = np.log(rng.dirichlet(np.ones(4), size=7))  # (unit, K)
+    same = np.broadcast_to(one, (30, 7, 4))
+    np.testing.assert_array_equal(information_gain(same).eig, 0.0)
+    assert np.all(information_gain(same).expected_entropy > 0.1)  # yet the labels are noisy
+
+
+def test_binary_label_gain_is_the_hand_computed_mutual_information():
+    # Two equally weighted draws; P(y = 1) = a at draw 1, b at draw 2. Mutual information between the draw and y:
+    #   I = h((a + b) / 2) - (h(a) + h(b)) / 2,   h(q) = -q log q - (1 - q) log(1 - q)   (nats).
+    a, b = 0.9, 0.2
+
+    def h(q):
+        return -q * np.log(q) - (1 - q) * np.log(1 - q)
+
+    expected = h((a + b) / 2) - (h(a) + h(b)) / 2  # = 0.2249... nats
+    logp = np.log(np.array([[[1 - a, a]], [[1 - b, b]]]))  # (draw, unit, K)
+    gain = information_gain(logp)
+    # 1e-14: a handful of float64 operations on O(1) numbers
+    np.testing.assert_allclose(gain.eig, [expected], rtol=0, atol=1e-14)
+    np.testing.assert_allclose(gain.predictive_entropy, [h((a + b) / 2)], rtol=0, atol=1e-14)
+    np.testing.assert_allclose(gain.expected_entropy, [(h(a) + h(b)) / 2], rtol=0, atol=1e-14)
+    assert expected > 0.2  # a real gain, so a zero answer fails
+
+
+def test_gain_is_non_negative_and_equals_the_entropy_difference_on_random_inputs():
+    rng = np.random.default_rng(3)
+    worst = 0.0
+    for draws, units, k in [(2, 5, 2), (10, 20, 3), (64, 50, 32), (1, 4, 6)]:
+        logits = rng.normal(scale=rng.choice([0.1, 3.0, 30.0]), size=(draws, units, k))
+        logits[rng.random(logits.shape) < 0.2] = -np.inf  # impossible labels (per draw)
+        logits[..., 0] = np.where(np.isinf(logits).all(-1), 0.0, logits[..., 0])  # every (draw, unit) possible
+        unnormalised = logits + rng.normal(size=(draws, units, 1))  # the function normalises each draw
+        gain = information_gain(unnormalised)
+        assert np.all(gain.eig >= 0.0)
+        # 1e-12: the two forms differ by round-off of entropies of at most log 32 ~ 3.5 (measured <= 2e-15)
+        np.testing.assert_allclose(gain.eig, entropy_difference(logits), rtol=0, atol=1e-12)
+        assert np.all(gain.eig <= np.log(min(draws, k)) + 1e-12)  # I(draw; y) <= min(H(draw), H(y))
+        worst = max(worst, float(np.abs(gain.eig - (gain.predictive_entropy - gain.expected_entropy)).max()))
+    assert worst < 1e-12
+    if draws == 1:  # one draw: nothing to learn
+        np.testing.assert_array_equal(gain.eig, 0.0)
+
+
+def test_bad_inputs_are_refused():
+    with pytest.raises(ValueError, match="no possible label"):
+        information_gain(np.full((3, 2, 4), -np.inf))
+    with pytest.raises(ValueError, match="NaN"):
+        information_gain(np.array([[[0.0, np.nan]]]))
+    with pytest.raises(ValueError, match="unit, K"):
+        information_gain(np.zeros((3, 4)))
+
+
+# -- a real small problem ----------------------------------------------------------------------------------------
+
+
+def test_gain_of_every_built_in_type_on_a_real_problem(problem):
+    mdp, pool, reward, nuisance = problem
+    gain = query_information_gain(mdp, reward, ("state",), nuisance, pool.queries)
+    assert gain.skipped == {}
+    assert set(gain.eig) == set(TYPES)
+    for name in TYPES:
+        eig = gain.eig[name]
+        assert eig.shape == (pool.queries[name].sizes["item"],)
+        assert np.all(np.isfinite(eig)) and np.all(eig >= 0.0)
+        assert eig.max() > 1e-3  # the draws disagree (sd 0.7): some query of every type is informative
+        units = gain.units[name]
+        # the KL form against the entropy difference (measured <= 1e-15 here)
+        np.testing.assert_allclose(units.eig, units.predictive_entropy - units.expected_entropy, rtol=0, atol=1e-12)
+    # a label per step: one unit per valid step, summed back to the episodes
+    demo = pool.queries["demo"]
+    items = unit_items("demo", demo)
+    assert len(items) == int(demo["valid"].sum()) == len(gain.units["demo"].eig)
+    np.testing.assert_allclose(gain.eig["demo"], item_information_gain(gain.units["demo"].eig, items,
+                                                                        demo.sizes["item"]), rtol=0, atol=0)
+
+
+def test_identical_posterior_draws_give_zero_gain_for_every_unit(problem):
+    mdp, pool, reward, nuisance = problem
+    same_reward = np.broadcast_to(reward[:1, :1], (1, 12, reward.shape[-1]))
+    same_nuisance = {k: np.broadcast_to(v[:1, :1], (1, 12, *v.shape[2:])) for k, v in nuisance.items()}
+    gain = query_information_gain(mdp, same_reward, ("state",), same_nuisance, pool.queries)
+    assert set(gain.eig) == set(TYPES)
+    for name in TYPES:
+        # exactly 0: the draws' log-probabilities are bit-identical, so every KL term is p * (x - x) = 0; the
+        # unclipped value is checked through the units (clipping would hide a negative one)
+        np.testing.assert_array_equal(gain.units[name].eig, 0.0)
+        np.testing.assert_array_equal(gain.eig[name], 0.0)
+    # and the same draws spread out again give gains (the test can fail)
+    assert query_information_gain(mdp, reward, ("state",), nuisance, pool.queries).eig["rating"].max() > 0.01
+
+
+def test_gain_from_evaluate_feedback_directly_is_never_negative(problem):
+    """The raw (chain, draw, unit, K) arrays, before any clipping: the smallest gain is >= -ROUND_OFF, and the
+    function's clip is not what keeps the answer non-negative (the unclipped KL form is measured here)."""
+    mdp, pool, reward, nuisance = problem
+    evaluation = evaluate_feedback(mdp, reward, ("state",), nuisance, pool.queries, seed=0, log_likelihood=False,
+                                   label_log_probs=True)
+    for name in TYPES:
+        logp = evaluation.label_log_probs[name]
+        assert logp.ndim == 4 and logp.shape[:2] == reward.shape[:2]
+        raw = entropy_difference(logp)
+        assert raw.min() > -ROUND_OFF
+        np.testing.assert_allclose(information_gain(logp).eig, np.maximum(raw, 0.0), rtol=0, atol=1e-12)
+
+
+def test_candidate_pool_removes_identical_queries_and_takes_the_observed_attributes():
+    mdp = make_tabular("grid_trap", size=4)
+    teacher = TabularTeacher(mdp)
+    # very rational demonstrators on a deterministic grid repeat the same episode: duplicates
+    pool = candidate_queries(teacher, {"demo": 20, "stop": 8}, np.random.default_rng(0), {"demo": {"beta": 100.0}},
+                             like={"stop": simulate_feedback(teacher, {"stop": 4}, np.random.default_rng(1),
+                                                             {"stop": {"c": 7.0}})["stop"]})
+    demo = pool.queries["demo"]
+    assert pool.duplicates["demo"] > 0 and demo.sizes["item"] == 20 - pool.duplicates["demo"]
+    states = demo["state"].values.reshape(demo.sizes["item"], -1)
+    assert len(np.unique(states, axis=0)) == demo.sizes["item"]
+    assert pool.queries["stop"].attrs["c"] == 7.0  # the observed data's, not the simulator's default 2.0
+
+
+# -- a user-registered type ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def plackett_luce():
+    spec = importlib.util.spec_from_file_location("user_plackett_luce_acquisition", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    unregister("ranking")
+
+
+def test_a_user_registered_type_gets_gain_with_no_extra_code(plackett_luce):
+    mdp = make_tabular("grid_trap", size=4)
+    teacher = TabularTeacher(mdp)
+    pool = candidate_queries(teacher, {"ranking": 12, "pref": 12}, np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    reward = mdp.group_rewards + 0.7 * rng.normal(size=(1, 50, mdp.num_states))
+    gain = query_information_gain(mdp, reward, ("state",), {}, pool.queries)
+    assert gain.skipped == {}
+    eig = gain.eig["ranking"]
+    assert eig.shape == (pool.queries["ranking"].sizes["item"],)
+    assert np.all(np.isfinite(eig)) and np.all(eig >= 0.0) and eig.max() > 1e-3
+    assert np.all(eig <= np.log(6) + 1e-12)  # 6 possible rankings of 3 segments: at most log 6 nats
+    # and it competes with the built-in types in one batch
+    batch = select_queries(gain.eig, {"ranking": 1.0, "pref": 1.0}, 5)
+    assert len(batch.item) == 5
+
+
+# -- the batch ------------------------------------------------------------------------------------------------------
+
+
+def test_select_queries_respects_costs_and_returns_k_distinct_queries():
+    gains = {"pref": np.array([0.5, 0.2, 0.5, 0.1]), "rating": np.array([0.5, 0.3, 0.05])}
+    batch = select_queries(gains, {"pref": 2.0, "rating": 1.0}, 4)
+    assert len(batch.item) == 4
+    # same gain 0.5, the cheaper rating first; then rating 0.3 (0.3 per cost) before pref 0.5 at cost 2 (0.25)
+    assert list(zip(batch.type, batch.item, strict=True)) == [("rating", 0), ("rating", 1), ("pref", 0), ("pref", 2)]
+    np.testing.assert_allclose(batch.score, batch.eig / batch.cost)
+    assert np.all(np.diff(batch.score) <= 0)
+    # reversed costs: the preferences come first
+    swapped = select_queries(gains, {"pref": 1.0, "rating": 2.0}, 2)
+    assert list(swapped.type) == ["pref", "pref"]
+    # no duplicates even when k exceeds the pool; NaN gains are never selected
+    everything = select_queries({"pref": np.array([0.1, np.nan]), "demo": np.array([2.0])}, {"pref": 1, "demo": 10},
+                                10)
+    assert len(everything.item) == 2
+    assert len(set(zip(everything.type, everything.item, strict=True))) == 2
+    with pytest.raises(ValueError, match="no cost"):
+        select_queries(gains, {"pref": 1.0}, 2)
+    with pytest.raises(ValueError, match="positive"):
+        select_queries(gains, {"pref": 1.0, "rating": 0.0}, 2)
+
+
+def test_parse_costs():
+    assert parse_costs("pref=1, demo=10,rating=0.5") == {"pref": 1.0, "demo": 10.0, "rating": 0.5}
+    for bad in ("pref", "pref=0", "pref=-1", "pref=x", "pref=1,pref=2", "pref=inf"):
+        with pytest.raises(ValueError):
+            parse_costs(bad)
