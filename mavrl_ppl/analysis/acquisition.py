@@ -15,6 +15,14 @@ in nats. It is computed in the second form (a mean of non-negative divergences, 
 difference of two nearly equal entropies), which is exactly 0 when every draw gives the same distribution (the
 divergences are then 0 term by term) and when the label is certain.
 
+About what. The draws are joint draws of the reward and the nuisance parameters the posterior carries (an inferred
+preference rationality, rating cutpoints): the gain is the information about all of them together, not the reward
+alone. A query that would only pin down the rating cutpoints scores too (measured: reward draws spread by 1e-3 and
+cutpoints spread by 2 gave rating gains up to 0.39 nats; the same with equal cutpoints, 1e-7). The gain about the
+reward alone needs each reward draw's label distribution averaged over the nuisance given that reward, which the
+draws do not give; passing nuisance draws that are all equal (e.g. the posterior mean) gives the plug-in gain about
+the reward at those values.
+
 Units and items. Types with one label per item (preferences, ratings, stop times, rankings) have one unit per item.
 A label per step (demonstrations' actions) is scored one valid step at a time; the EIG of the whole item (an
 episode's states, whose actions the person would give) is NOT the sum of its steps' EIGs in general. Under the

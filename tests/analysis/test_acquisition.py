@@ -119,6 +119,12 @@ def test_gain_is_non_negative_and_equals_the_entropy_difference_on_random_inputs
         np.testing.assert_array_equal(gain.eig, 0.0)
 
 
+def test_unit_gains_sum_back_to_their_items():
+    # units 0, 1 belong to item 0, unit 2 to item 2; items 1 and 3 have no unit
+    summed = item_information_gain(np.array([0.25, 0.5, 0.125]), np.array([0, 0, 2]), 4)
+    np.testing.assert_array_equal(summed, [0.75, 0.0, 0.125, 0.0])  # exact in binary floating point
+
+
 def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="no possible label"):
         information_gain(np.full((3, 2, 4), -np.inf))
