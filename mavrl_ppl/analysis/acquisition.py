@@ -34,6 +34,14 @@ reached only when the labels are also independent under the posterior predictive
 :func:`joint_information_gain` estimates the joint gain (exact over the draws, Monte Carlo over the label sequences)
 and is what :func:`query_information_gain` uses; :func:`item_information_gain` sums, and says so: the sum over-rates
 long episodes against one-label queries.
+
+What a demonstration query is. A pool episode's states were visited by the simulated expert (acting on the true
+``Q*``); its gain is that of the actions at those states. A person asked for a new demonstration chooses the states
+too, so the gain of "ask for a demonstration" would average over the episodes they might give; that is not computed.
+
+Batches. :func:`select_queries` takes the ``k`` best gains per unit cost, each query once (the pool holds no two
+identical queries): it ignores what different queries share. :func:`select_batch` scores each pick given the ones
+already in the batch (BatchBALD), so a second query about the same states scores only what it adds.
 """
 
 from __future__ import annotations
@@ -159,7 +167,7 @@ def unit_items(feedback_type: str, dataset: xr.Dataset) -> np.ndarray | str:
 
     Returns:
         ``(unit,)`` item index of each unit: the items with some possible label, or (a label per step) the valid
-        steps of each item in ``item * step + step`` order.
+        steps of each item in ``item * num_steps + step`` order.
     """
     space = label_space(get_feedback_type(feedback_type), dataset)
     if isinstance(space, str):
