@@ -6,8 +6,9 @@ stages wrapped in timers, so the phases are those of the real command, not of a 
 ``fit (training)`` holds the SVI loop; ``torch optimizer import`` is torch's first ``Optimizer`` construction, which
 imports ``torch._dynamo``; imports before ``main`` are ``imports``. The remainder is the command's own bookkeeping.
 
-Usage: ``python benchmarks/profile_command.py [--repeats 5] [--write]`` (``--write``: the median table into
-``benchmarks/RESULTS.md``, section "Default command profile (issue 26)").
+Usage: ``python benchmarks/profile_command.py [--repeats 5] [--before DIR] [--write]`` (``--before``: a checkout of an
+earlier commit, e.g. a git worktree, profiled interleaved beside this one, its package first on the path;
+``--write``: the median table into ``benchmarks/RESULTS.md``, section "Default command profile (issue 26)").
 """
 
 from __future__ import annotations
@@ -63,9 +64,11 @@ def _child(out: Path) -> dict[str, float]:
                 times[label] = times.get(label, 0.0) + time.perf_counter() - t0
         return wrapper
 
-    from mavrl_ppl.fit import hide_dask, main  # the command's own imports
+    import mavrl_ppl.fit as command  # the command's own imports
 
-    hide_dask()  # as python -m mavrl_ppl.fit does before anything else
+    if hasattr(command, "hide_dask"):  # as python -m mavrl_ppl.fit does first (commits since this session's)
+        command.hide_dask()
+    main = command.main
 
     times["imports"] = time.perf_counter() - START
     # The command imports its heavy libraries lazily, inside the stages; imported here first, each is timed alone
@@ -94,10 +97,19 @@ def _child(out: Path) -> dict[str, float]:
     return times
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _commit(source: Path) -> str:
+    return subprocess.run(["git", "-C", str(source), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip() or "?"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--write", action="store_true", help="write the median table into RESULTS.md")
+    parser.add_argument("--before", help="a checkout of an earlier commit, profiled interleaved beside this one")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -107,37 +119,51 @@ def main(argv: list[str] | None = None) -> int:
     from _common import machine, write_section
 
     load_before = os.getloadavg()
-    runs = []
+    sources = {"before": Path(args.before).resolve(), "after": ROOT} if args.before else {"after": ROOT}
+    runs: dict[str, list[dict]] = {name: [] for name in sources}
     for i in range(args.repeats):
-        with tempfile.TemporaryDirectory() as tmp:
-            proc = subprocess.run([sys.executable, __file__, "--child", str(Path(tmp) / "run")], capture_output=True,
-                                  text=True, check=True)
-        runs.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"run {i}: command {runs[-1]['command']:.2f} s, training {runs[-1]['fit (training)']:.2f} s",
-              file=sys.stderr)
+        for name in (list(sources) if i % 2 == 0 else list(sources)[::-1]):  # interleaved, alternating order
+            with tempfile.TemporaryDirectory() as tmp:
+                proc = subprocess.run([sys.executable, __file__, "--child", str(Path(tmp) / "run")],
+                                      capture_output=True, text=True, check=True,
+                                      env={**os.environ, "PYTHONPATH": str(sources[name])})
+            runs[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(f"run {i} {name}: command {runs[name][-1]['command']:.2f} s, training "
+                  f"{runs[name][-1]['fit (training)']:.2f} s", file=sys.stderr)
     load_after = os.getloadavg()
     labels = ["imports", *(i[0] for i in IMPORTS), *(s[0] for s in STAGES), "write posterior.nc",
               "torch optimizer import"]
-    med = {k: statistics.median(r.get(k, 0.0) for r in runs) for k in [*labels, "main", "command"]}
-    rows = ["| phase | median s | share of command |", "|---|---:|---:|"]
-    for k in labels:
-        rows.append(f"| {k} | {med[k]:.2f} | {100 * med[k] / med['command']:.0f} % |")
-    staged = (med["imports"] + sum(med[i[0]] for i in IMPORTS) + sum(med[s[0]] for s in STAGES)
-              + med["write posterior.nc"])
-    rows.append(f"| other (settings, run directory, JSON, ...) | {med['command'] - staged:.2f} | "
-                f"{100 * (med['command'] - staged) / med['command']:.0f} % |")
-    rows.append(f"| **command** | **{med['command']:.2f}** | 100 % |")
+
+    def medians(rs: list[dict]) -> dict[str, float]:
+        med = {k: statistics.median(r.get(k, 0.0) for r in rs) for k in [*labels, "main", "command"]}
+        staged = (med["imports"] + sum(med[i[0]] for i in IMPORTS) + sum(med[s[0]] for s in STAGES)
+                  + med["write posterior.nc"])
+        med["other"] = med["command"] - staged
+        return med
+
+    med = {name: medians(rs) for name, rs in runs.items()}
+    names = list(sources)
+    rows = ["| phase | " + " | ".join(f"{n}: median s | share" for n in names) + " |",
+            "|---|" + "---:|---:|" * len(names)]
+    for k, shown in [*((k, k) for k in labels), ("other", "other (settings, run directory, JSON, ...)"),
+                     ("command", "**command**")]:
+        rows.append(f"| {shown} | " + " | ".join(f"{med[n][k]:.2f} | {100 * med[n][k] / med[n]['command']:.0f} %"
+                                               for n in names) + " |")
     m = machine()
     header = f"## {SECTION}"
+    scores = sorted({r["score"] for rs in runs.values() for r in rs})
+    before = (f" `before` is `{args.before}` ({_commit(sources['before'])}), `after` this checkout "
+              f"({_commit(ROOT)}), interleaved." if args.before else f" This checkout: {_commit(ROOT)}.")
     text = "\n".join([
         header,
         "",
-        f"Command: `python benchmarks/profile_command.py --repeats {args.repeats} --write` (the default command, "
-        "`python -m mavrl_ppl.fit --quiet`, with its stages timed in a fresh interpreter each repeat).",
+        f"Command: `python benchmarks/profile_command.py --repeats {args.repeats}"
+        + (" --before DIR" if args.before else "") + " --write` (the default command, "
+        "`python -m mavrl_ppl.fit --quiet`, with its stages timed in a fresh interpreter each repeat)." + before,
         "",
         f"Machine: {m['nproc']} cores, {m['cpu']}, Python {m['python']}. Load average at start: "
         + " / ".join(f"{x:.2f}" for x in load_before) + "; at end: " + " / ".join(f"{x:.2f}" for x in load_after)
-        + f". Recorded {time.strftime('%Y-%m-%d %H:%M')}. Scores: {sorted({r['score'] for r in runs})}.",
+        + f". Recorded {time.strftime('%Y-%m-%d %H:%M')}. Scores: {scores}.",
         "",
         *rows,
         "",
