@@ -7,12 +7,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import matplotlib.image
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import patheffects
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
@@ -26,13 +29,30 @@ _MINUS = "\N{MINUS SIGN}"
 _SD_TITLE = re.compile(r"\b(sd|std|standard deviation)\b", re.IGNORECASE)
 
 
-def _save(fig: plt.Figure, path: Path, suptitle: str = "") -> Path:
+#: Resolution of every PNG written here (pixels per inch).
+DPI = 110
+
+
+def _figure(figsize: tuple[float, float], **kwargs) -> Figure:
+    """A figure drawn by Agg at :data:`DPI`, outside pyplot's figure manager (nothing to register or close)."""
+    fig = Figure(figsize=figsize, dpi=DPI, **kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: Path, suptitle: str = "") -> Path:
     """Lay out, write ``path`` as PNG and close the figure (every plot here ends so)."""
     if suptitle:
         fig.suptitle(suptitle)
-    if fig.get_layout_engine() is None:  # constrained-layout figures lay themselves out
+    if fig.get_layout_engine() is None:  # constrained-layout figures lay themselves out when drawn
         fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    if fig.dpi == DPI and isinstance(fig.canvas, FigureCanvasAgg):
+        # What savefig writes, drawn once: savefig draws a laid-out figure twice (first with rendering switched off,
+        # only to run the layout engine), and the text-heavy maps spend most of their time drawing.
+        fig.canvas.draw()
+        matplotlib.image.imsave(path, fig.canvas.buffer_rgba(), format="png", dpi=DPI)
+    else:
+        fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
 
@@ -110,7 +130,8 @@ def plot_reward_maps(
     aspect = rows / cols
     panel_w = 3.9 if max(rows, cols) > 5 else 3.2
     size = (0.6 + 1.25 * panel_w * ncols, 0.9 + (panel_w * min(aspect, 1.5) + 0.5) * nrows)
-    fig, axes = plt.subplots(nrows, ncols, figsize=size, squeeze=False, layout="compressed")
+    fig = _figure(size, layout="compressed")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     fig.get_layout_engine().set(h_pad=0.12, w_pad=0.08)  # inches: air between a row's labels and the next titles
     fontsize = min(9.0, 60.0 / max(rows, cols))
     every_cell = max(rows, cols) <= 20  # a tick per cell; bigger grids get a few integer ticks
@@ -149,13 +170,14 @@ def plot_reward_maps(
                     text = fmt.format(v)
                     text = text.lstrip("-") if float(text) == 0 else text  # no "-0.00"
                     ax.text(j, i, text, ha="center", va="center", fontsize=fontsize,
-                            color=_cell_text_colour(cmap(norm(v))))
+                            color=_cell_text_colour(cmap(norm(v))), in_layout=False)
         for states, letter, colour in (([] if start is None else [start], "S", "tab:red"), (goals, "G", "tab:red")):
             for s in states:
                 i, j = divmod(int(s), cols)
                 ax.add_patch(Rectangle((j - 0.46, i - 0.46), 0.92, 0.92, fill=False, ec=colour, lw=2.0))
                 ax.text(j - 0.4, i - 0.4, letter, ha="left", va="top", fontsize=fontsize + 1, color=colour,
-                        fontweight="bold", path_effects=[patheffects.withStroke(linewidth=2, foreground="white")])
+                        fontweight="bold", path_effects=[patheffects.withStroke(linewidth=2, foreground="white")],
+                        in_layout=False)
     for r in range(nrows):
         for c in range(ncols):
             if (r, c) not in places:
@@ -207,7 +229,8 @@ def plot_loss_curve(elbo: Sequence[float], validation: Sequence[float], validati
     validation = np.asarray(validation, dtype=np.float64)
     validation_step = np.asarray(validation_step)
     steps = np.arange(1, len(elbo) + 1)
-    fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(11.5, 4.2), layout="constrained")
+    fig = _figure((11.5, 4.2), layout="constrained")
+    ax_train, ax_val = fig.subplots(1, 2)
     kept = {"color": "tab:red", "ls": "--", "lw": 1.0}
     ax_train.plot(steps, elbo, lw=0.6, alpha=0.45, color="tab:blue", label="each step")
     window = max(1, len(elbo) // 25)
