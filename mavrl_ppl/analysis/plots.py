@@ -164,13 +164,13 @@ def plot_reward_maps(
         ax.set_ylabel("row")
         if annotate:
             fmt = _value_format(values)
-            cmap = image.get_cmap()
+            colours = image.get_cmap()(norm(values))  # each cell's colour, at once (per cell it is costly)
             for (i, j), v in np.ndenumerate(values):
                 if np.isfinite(v):
                     text = fmt.format(v)
                     text = text.lstrip("-") if float(text) == 0 else text  # no "-0.00"
                     ax.text(j, i, text, ha="center", va="center", fontsize=fontsize,
-                            color=_cell_text_colour(cmap(norm(v))), in_layout=False)
+                            color=_cell_text_colour(colours[i, j]), in_layout=False)
         for states, letter, colour in (([] if start is None else [start], "S", "tab:red"), (goals, "G", "tab:red")):
             for s in states:
                 i, j = divmod(int(s), cols)
@@ -244,7 +244,7 @@ def plot_loss_curve(elbo: Sequence[float], validation: Sequence[float], validati
     ax_train.set_xlabel("step")
     ax_train.set_ylabel(f"{_MINUS}ELBO of the step's minibatch (nats)")
     ax_train.set_title(f"training loss ({_MINUS}ELBO)")
-    ax_train.legend(fontsize=8)
+    ax_train.legend(fontsize=8).set_in_layout(False)  # inside the axes: nothing for the layout to make room for
 
     ax_val.plot(validation_step, validation, marker="o", ms=3.5, color="tab:green", label="held-out items")
     ax_val.axvline(best_step, **kept)
@@ -259,7 +259,7 @@ def plot_loss_curve(elbo: Sequence[float], validation: Sequence[float], validati
     ax_val.set_xlabel("step")
     ax_val.set_ylabel("negative log predictive per item (nats)")
     ax_val.set_title("held-out validation loss (lowest is kept)")
-    ax_val.legend(fontsize=8)
+    ax_val.legend(fontsize=8).set_in_layout(False)
     for ax in (ax_train, ax_val):
         ax.grid(True, which="major", alpha=0.3)
         ax.set_xlim(0, max(len(elbo), int(validation_step.max()) if validation_step.size else 0, 1) + 1)
