@@ -32,6 +32,9 @@ _SD_TITLE = re.compile(r"\b(sd|std|standard deviation)\b", re.IGNORECASE)
 #: Resolution of every PNG written here (pixels per inch).
 DPI = 110
 
+#: zlib level of the run plots' PNGs: 3 encodes them in ~60 % of the time of PIL's default 6, for 2-8 % more bytes.
+PNG_COMPRESS_LEVEL = 3
+
 
 def _figure(figsize: tuple[float, float], **kwargs) -> Figure:
     """A figure drawn by Agg at :data:`DPI`, outside pyplot's figure manager (nothing to register or close)."""
@@ -50,7 +53,8 @@ def _save(fig: Figure, path: Path, suptitle: str = "") -> Path:
         # What savefig writes, drawn once: savefig draws a laid-out figure twice (first with rendering switched off,
         # only to run the layout engine), and the text-heavy maps spend most of their time drawing.
         fig.canvas.draw()
-        matplotlib.image.imsave(path, fig.canvas.buffer_rgba(), format="png", dpi=DPI)
+        matplotlib.image.imsave(path, fig.canvas.buffer_rgba(), format="png", dpi=DPI,
+                                pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
     else:
         fig.savefig(path, dpi=DPI)
     plt.close(fig)
