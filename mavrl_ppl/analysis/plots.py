@@ -164,6 +164,8 @@ def plot_reward_maps(
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=min(8.0, fontsize + 1), length=2)
+        for spine in ax.spines.values():  # the tick labels reach further out: the layout need not measure them
+            spine.set_in_layout(False)
         ax.set_xlabel("column")
         ax.set_ylabel("row")
         if annotate:
@@ -277,6 +279,8 @@ def plot_loss_curve(elbo: Sequence[float], validation: Sequence[float], validati
     ax_val.legend(fontsize=8).set_in_layout(False)
     for ax in (ax_train, ax_val):
         ax.grid(True, which="major", alpha=0.3)
+        for spine in ax.spines.values():  # the tick labels reach further out: the layout need not measure them
+            spine.set_in_layout(False)
         ax.set_xlim(0, max(len(elbo), int(validation_step.max()) if validation_step.size else 0, 1) + 1)
     title = title or f"SVI loss: {len(elbo)} steps, state kept from step {best_step}"
     return _save(fig, path, title)
