@@ -153,3 +153,36 @@ def test_a_loss_spanning_decades_gets_a_log_axis_with_several_labels(tmp_path, f
     assert train.get_yscale() == "log"
     labels = visible_tick_labels(train)
     assert len(labels) >= 4 and all(re.fullmatch(r"[\d.e+]+", t) for t in labels)  # plain numbers, not only 10^k
+
+
+def test_the_first_and_last_ticks_bound_every_tick_label(tmp_path, figures):
+    # plot_reward_maps lays out with only these two ticks per grid axis: the extent must be that of every tick.
+    plots.plot_reward_maps((12, 12), paper_panels(12, 12), tmp_path / "maps.png", title="SVI", start=0, goals=(143,))
+    (fig,) = figures
+    renderer = fig.canvas.get_renderer()
+    for ax in map_axes(fig)[0]:
+        assert list(ax.get_xticks()) == list(range(12)) and list(ax.get_yticks()) == list(range(12))
+        every = [axis.get_tightbbox(renderer).bounds for axis in (ax.xaxis, ax.yaxis)]
+        ax.set_xticks([0, 11])
+        ax.set_yticks([0, 11])
+        assert [axis.get_tightbbox(renderer).bounds for axis in (ax.xaxis, ax.yaxis)] == [
+            pytest.approx(b) for b in every]
+
+
+def test_the_png_is_what_savefig_writes(tmp_path, monkeypatch):
+    # _save draws a figure once and writes the pixels itself; savefig (which lays out and draws twice) is the reference.
+    import matplotlib.image
+
+    elbo, validation, validation_step = loss_history()
+    fast = plots.plot_loss_curve(elbo, validation, validation_step, 100, tmp_path / "fast.png")
+
+    def with_savefig(fig, path, suptitle=""):
+        fig.suptitle(suptitle)
+        fig.savefig(path, dpi=plots.DPI)
+        return path
+
+    monkeypatch.setattr(plots, "_save", with_savefig)
+    reference = plots.plot_loss_curve(elbo, validation, validation_step, 100, tmp_path / "reference.png")
+    pixels = matplotlib.image.imread(fast)
+    assert pixels.shape[:2] == (round(4.2 * plots.DPI), round(11.5 * plots.DPI))
+    np.testing.assert_array_equal(pixels, matplotlib.image.imread(reference))
