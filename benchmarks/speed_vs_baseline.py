@@ -23,7 +23,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from _common import machine, write_section
+from _common import kept_notes, machine, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "## Default command side by side with an earlier commit (issue 26)"
@@ -107,7 +107,8 @@ def main() -> None:
               f"| ratio | {n['wall'] / b['wall']:.2f} | {n['cpu'] / b['cpu']:.2f} | {n['fit'] / b['fit']:.2f} | "
               f"{n['peak_mb'] / b['peak_mb']:.2f} |", "",
               "Targets (issue 26): wall <= 0.5x, fit <= 0.4x, peak memory not above the baseline's."]
-    text = "\n".join(lines) + "\n"
+    notes = kept_notes(HEADER)  # the hand-written notes below the table survive a re-run
+    text = "\n".join(lines) + "\n" + (f"\n{notes}\n" if notes else "")
     print(text)
     if args.write:
         write_section(text, HEADER)
