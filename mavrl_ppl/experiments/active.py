@@ -436,7 +436,9 @@ def plot_active(results: Mapping[tuple[str, str, int], Any], path: Path, *, budg
         ax.set_xlabel("cumulative labelling cost (cost units; start set included)")
         ax.set_ylabel("normalised score (%)")
         ax.set_title(env)
-        ax.legend(fontsize=8, loc="lower right")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=max(1, len(labels)), fontsize=8,
+               frameon=False)
     fig.suptitle(title or "Active queries: score vs labelling cost, mean ± SE over seeds", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")

@@ -21,7 +21,7 @@ from mavrl_ppl.experiments.active import (
 SVI = {"max_steps": 30, "eval_every": 10, "num_posterior_samples": 50}
 COSTS = {"pref": 1.0, "demo": 3.0, "rating": 1.0, "stop": 1.0}
 START = "pref=2,demo=0,rating=2,stop=2"  # cost 6
-BUDGET = 13.0  # 7 left: batches of 2 cannot all be full, the last must stop at the budget
+BUDGET = 11.0  # 5 left: batches of 2 cannot all be full, the last must stop at the budget
 TIMING = ("seconds", "fit_seconds")
 
 
