@@ -24,11 +24,13 @@ One loop per env, seed and acquisition rule, each one task of the shared executo
    The chosen queries with their labels are appended to the data and the next round refits from scratch (no warm
    start: :func:`mavrl_ppl.runs.fit_problem` has no hook for an initial state, and a fit of a 4x4 or 10x10 grid's
    data takes seconds), until the budget left buys no query (or the pools are empty).
-3. Every round records ``{round, cost, counts, normalized_score, epic, regret, ...}``.
+3. Every round records ``{round, cost, counts, normalized_score, epic, regret, asked, ...}``: ``cost`` and
+   ``counts`` of the data it fitted, the fit's metrics, the queries it then asked (type, pool item, cost, gain) and
+   the seconds of the fit and of drawing and scoring the pool.
 
-Randomness: the start set from the seed (as a run); the round's pool from ``(seed, env, round)`` (the same pools for
-every rule while their data agree); the rule's own choices and the gain's Monte Carlo from ``(seed, env, rule,
-round)``; the fit from the seed. A rerun gives the same records.
+Randomness: the start set from the seed (as a run); the round's pool from ``(seed, env, round)`` (each type's segments
+from a stream of its own, so every rule is offered the same candidates in the same round); the rule's own choices and
+the gain's Monte Carlo from ``(seed, env, rule, round)``; every fit from the seed. A rerun gives the same records.
 
 Resumable: after each round its data for the next round are written (``round<r>.nc``,
 :func:`~mavrl_ppl.feedback.data.save_feedback`, atomic) and then its record (``round<r>.json``, atomic) under
@@ -37,8 +39,9 @@ rerun that continues after the last finished round fits exactly what an uninterr
 there holds what the records depend on; a different setting into the same ``--out`` is refused (exit 2).
 
 Outputs in ``OUT``: ``active.md`` (per env and rule: the score at the budget and the cost at which the score first
-reached ``--target`` (95), mean ± SE over seeds), ``active.png`` (score against cumulative labelling cost, one panel
-per env, a mean line and a ±1 SE band over seeds per rule) and ``active.json`` (every round record).
+reached ``--target`` (95), mean ± SE over the seeds that reached it: a first passage, the score is not monotone in
+the cost), ``active.png`` (score against cumulative labelling cost, one panel per env, a mean line and a ±1 SE band
+over seeds per rule) and ``active.json`` (every round record).
 """
 
 from __future__ import annotations
@@ -319,6 +322,7 @@ def run_loop(spec: LoopSpec, progress: bool = False) -> list[dict[str, Any]]:
         left = spec.budget - cost
         affordable = [t for t in spec.costs if spec.costs[t] <= left + 1e-9]
         picks: list[dict[str, Any]] = []
+        t1 = time.perf_counter()
         if affordable:
             pool = candidate_queries(teacher, {t: spec.pool for t in affordable}, _rng(spec.seed, spec.env, r),
                                      like=data).queries
@@ -335,7 +339,7 @@ def run_loop(spec: LoopSpec, progress: bool = False) -> list[dict[str, Any]]:
                   "epic": float(m["epic"]), "regret": float(m["regret"]), "fit_seconds": float(m["fit_seconds"]),
                   "steps": int(m["steps"]), "best_step": int(m["best_step"]), "asked": picks,
                   "cost_after": cost + sum(p["cost"] for p in picks), "final": final,
-                  "seconds": time.perf_counter() - t0}
+                  "select_seconds": time.perf_counter() - t1, "seconds": time.perf_counter() - t0}
         _write_json(directory / f"round{r}.json", record)
         rounds.append(record)
         if final:

@@ -22,7 +22,7 @@ SVI = {"max_steps": 30, "eval_every": 10, "num_posterior_samples": 50}
 COSTS = {"pref": 1.0, "demo": 3.0, "rating": 1.0, "stop": 1.0}
 START = "pref=2,demo=0,rating=2,stop=2"  # cost 6
 BUDGET = 11.0  # 5 left: batches of 2 cannot all be full, the last must stop at the budget
-TIMING = ("seconds", "fit_seconds")
+TIMING = ("seconds", "fit_seconds", "select_seconds")
 
 
 def spec(records, acquisition, seed=0):
