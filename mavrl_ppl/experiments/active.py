@@ -507,8 +507,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env-size", type=int, default=None, help="grid side (default: the env's)")
     p.add_argument("--budget", type=float, default=64.0,
                    help="total labelling cost, the start set's included (default 64)")
-    p.add_argument("--acquisition", nargs="+", default=["eig", "random"],
-                   help=f"rules: {', '.join(ACQUISITIONS)} (default eig random)")
+    p.add_argument("--acquisition", nargs="+", default=list(ACQUISITIONS),
+                   help=f"rules: {', '.join(ACQUISITIONS)} (default all three)")
     p.add_argument("--costs", default=DEFAULT_COSTS, help=f"cost of one item per type; the types that can be asked "
                    f"(default {DEFAULT_COSTS})")
     p.add_argument("--start", default=DEFAULT_START, help=f"start set counts (default {DEFAULT_START})")
