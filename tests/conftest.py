@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import atexit
 import gc
+import importlib.util
 import os
 import shutil
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -29,3 +31,17 @@ def _release_compiled_functions():
     if "jax" in sys.modules:
         sys.modules["jax"].clear_caches()
     gc.collect()
+
+
+@pytest.fixture
+def plackett_luce():
+    """The README's user-defined ranking type (``examples/plackett_luce.py``), loaded as a user's file is (which
+    registers it), then unregistered after the test."""
+    from mavrl_ppl.feedback import unregister
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "plackett_luce.py"
+    spec = importlib.util.spec_from_file_location("user_plackett_luce", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    unregister("ranking")

@@ -3,9 +3,6 @@ through each type's own likelihood at every possible label, and the greedy batch
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -23,10 +20,9 @@ from mavrl_ppl.analysis.acquisition import (
 )
 from mavrl_ppl.analysis.predictive import evaluate_feedback
 from mavrl_ppl.envs import make_tabular
-from mavrl_ppl.feedback import TabularTeacher, simulate_feedback, unregister
+from mavrl_ppl.feedback import TabularTeacher, simulate_feedback
 
 TYPES = ("pref", "demo", "rating", "stop")
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plackett_luce.py"
 
 
 @pytest.fixture(scope="module")
@@ -238,15 +234,6 @@ def test_candidate_pool_removes_identical_queries_and_takes_the_observed_attribu
 
 
 # -- a user-registered type ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def plackett_luce():
-    spec = importlib.util.spec_from_file_location("user_plackett_luce_acquisition", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    unregister("ranking")
 
 
 def test_a_user_registered_type_gets_gain_with_no_extra_code(plackett_luce):

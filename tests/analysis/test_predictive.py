@@ -4,7 +4,6 @@ agreement with the NUTS model's JAX log-likelihood, a user's type, and both back
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
 import subprocess
@@ -38,7 +37,6 @@ from mavrl_ppl.feedback import (
 matplotlib.use("Agg")
 
 TYPES = ("pref", "demo", "rating", "stop")
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plackett_luce.py"
 
 
 @pytest.fixture(scope="module")
@@ -189,15 +187,6 @@ def test_chunks_seed_and_layout_do_not_change_the_result(problem, monkeypatch):
     by_pair = evaluate_feedback(mdp, pairs, ("state", "action"), nuisance, feedback, seed=2, predictive=False)
     for name in TYPES:
         np.testing.assert_allclose(by_pair.log_likelihood[name], whole.log_likelihood[name], rtol=0, atol=1e-10)
-
-
-@pytest.fixture
-def plackett_luce():
-    spec = importlib.util.spec_from_file_location("user_plackett_luce_predictive", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    unregister("ranking")
 
 
 def test_a_user_type_gets_log_likelihood_and_predictive_without_extra_code(plackett_luce):

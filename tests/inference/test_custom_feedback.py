@@ -3,7 +3,6 @@ call, simulates, validates, and is fitted by SVI and by the command unchanged (D
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -21,17 +20,6 @@ from mavrl_ppl.feedback.teachers import one_hot_features
 from mavrl_ppl.inference.svi import SVISettings, fit_svi, posterior_draws
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "plackett_luce.py"
-
-
-@pytest.fixture(scope="module")
-def plackett_luce():
-    spec = importlib.util.spec_from_file_location("user_plackett_luce", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    from mavrl_ppl.feedback import unregister
-
-    unregister("ranking")
 
 
 def test_ranking_type_is_registered_and_its_simulation_validates(plackett_luce):
