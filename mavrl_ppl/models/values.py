@@ -141,9 +141,9 @@ class PlannedValues:
         # type (on grid_trap 10x10, 16 draws cost ~65 ms to plan; three types x 10 passes made ~2 s of a 5 s fit).
         known = self._planned
         if torch.is_grad_enabled() or known is None or not torch.equal(known[0], draws):
-            known = self._planned = (draws.detach().clone(), torch.stack([self.planner(d) for d in draws]))
-            if torch.is_grad_enabled():
-                self._planned = None
+            known = (draws.detach().clone(), torch.stack([self.planner(d) for d in draws]))
+            # only a gradient-free pass is kept: a graph must not be shared by two backward passes
+            self._planned = None if torch.is_grad_enabled() else known
         return known[1].to(draws.dtype)[:, self.rewards.state(batch)]
 
     def point(self, batch: Mapping) -> torch.Tensor:
