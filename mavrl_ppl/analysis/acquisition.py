@@ -56,6 +56,7 @@ import xarray as xr
 from mavrl_ppl.analysis.predictive import evaluate_feedback, label_space
 from mavrl_ppl.envs.tabular import TabularMDP
 from mavrl_ppl.feedback import get_feedback_type, simulate_feedback
+from mavrl_ppl.feedback.ops import logsumexp
 
 __all__ = [
     "JOINT_ELEMENTS",
@@ -106,11 +107,9 @@ def _normalised(label_log_probs: np.ndarray) -> np.ndarray:
         raise ValueError(f"label_log_probs must be (chain, draw, unit, K) or (draw, unit, K), not {logp.shape}")
     if np.isnan(logp).any() or np.isposinf(logp).any():
         raise ValueError("label_log_probs holds NaN or +inf")
-    top = logp.max(axis=-1, keepdims=True)
-    if not np.isfinite(top).all():
+    if not np.isfinite(logp.max(axis=-1)).all():
         raise ValueError("some unit has no possible label at some draw (every candidate at -inf)")
-    with np.errstate(divide="ignore"):
-        return logp - (top + np.log(np.exp(logp - top).sum(axis=-1, keepdims=True)))
+    return logp - logsumexp(logp, axis=-1)[..., None]
 
 
 def information_gain(label_log_probs: np.ndarray) -> InformationGain:

@@ -53,6 +53,7 @@ import xarray as xr
 
 from mavrl_ppl.envs.tabular import TabularMDP
 from mavrl_ppl.feedback.base import FeedbackType, Latents, batch_from_dataset, get_feedback_type
+from mavrl_ppl.feedback.ops import logsumexp
 from mavrl_ppl.planning import q_star
 
 __all__ = [
@@ -274,10 +275,9 @@ def _one_blas_thread() -> Iterator[None]:
 
 
 def _logsumexp(values: np.ndarray) -> np.ndarray:
-    top = values.max(axis=0)
-    top = np.where(np.isfinite(top), top, 0.0)
+    """Over the candidate axis (0); a unit with no possible candidate gives -inf, silently."""
     with np.errstate(divide="ignore"):
-        return top + np.log(np.exp(values - top).sum(axis=0))
+        return logsumexp(values, axis=0)
 
 
 class _Term:
