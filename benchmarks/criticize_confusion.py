@@ -5,6 +5,7 @@ Run from the repository root::
 
     python benchmarks/criticize_confusion.py fit --env grid_trap --seeds 0-4 --out /tmp/crit   # the runs
     python benchmarks/criticize_confusion.py criticize --out /tmp/crit                           # one JSON per run
+    python benchmarks/criticize_confusion.py misspec --out /work/misspec_full --no-refit --only 0-4  # issue 24's runs
 
 ``fit`` runs the default SVI fit (the paper's allocation) per seed, then corrupts ONE type of that run's
 ``feedback.nc`` at a time and fits it with ``--data`` (same seed): preferences get coin-flip labels, the demonstration
@@ -15,7 +16,11 @@ every run without one and prints the confusion table: per condition, how often e
 (under today's thresholds, recomputed from the recorded evidence).
 
 This is not the teacher != model misspecification of issue 24 part 1 (another setting); it is the crude corruption the
-criticism's tests use, measured on more seeds.
+criticism's tests use, measured on more seeds. ``misspec`` criticises the runs of that misspecification table
+instead (``python -m mavrl_ppl.experiments.misspec --out OUT``): the well-specified PDRS runs
+``OUT/runs/base-pdrs_<env>_seed<S>`` (condition ``clean``) and the corrupted ones
+``OUT/runs/misspec-pdrs_<type>_<env>_seed<S>`` (condition ``pdrs_<type>``), writing ``criticism.json`` into each
+and printing the same table.
 """
 
 from __future__ import annotations
@@ -76,11 +81,36 @@ def fit_all(env: str, seeds: list[int], out: Path, conditions: list[str]) -> Non
         print(f"seed {seed} fitted", file=sys.stderr, flush=True)
 
 
-def criticize_all(out: Path, again: bool = False, only: list[str] | None = None, refit: bool = True) -> None:
+def _corruption_runs(out: Path) -> list[Path]:
+    return sorted(p for p in out.iterdir() if (p / "metrics.json").is_file())
+
+
+def _misspec_runs(out: Path) -> list[Path]:
+    runs = out / "runs"
+    return sorted(p for p in runs.iterdir() if (p / "metrics.json").is_file()
+                  and (p.name.startswith("base-pdrs_") or p.name.startswith("misspec-pdrs_")))
+
+
+def run_label(run_dir: Path) -> tuple[str, str, int]:
+    """``(env, condition, seed)`` of a run directory of either layout (see the module docstring)."""
+    name = run_dir.name
+    if name.startswith(("base-pdrs_", "misspec-pdrs_")):  # <role>-<condition>_<env>_seed<S>
+        role, _, rest = name.partition("-")
+        head, _, seed = rest.rpartition("_seed")
+        env = "grid_" + head.rpartition("_grid_")[2]
+        condition = "clean" if role == "base" else head.rpartition("_grid_")[0]
+        return env, condition, int(seed)
+    head, _, rest = name.rpartition("_seed")  # <env>_seed<S>_<condition>
+    seed, _, condition = rest.partition("_")
+    return head, condition, int(seed)
+
+
+def criticize_all(out: Path, again: bool = False, only: list[int] | None = None, refit: bool = True,
+                  misspec: bool = False) -> None:
     from mavrl_ppl.analysis.criticize import criticize_run, summary_dict
 
-    for run_dir in sorted(p for p in out.iterdir() if (p / "metrics.json").is_file()):
-        if only and not any(f"_seed{seed}_" in run_dir.name for seed in only):
+    for run_dir in (_misspec_runs(out) if misspec else _corruption_runs(out)):
+        if only and run_label(run_dir)[2] not in only:
             continue
         record = run_dir / "criticism.json"
         if record.exists() and not again:
@@ -90,18 +120,18 @@ def criticize_all(out: Path, again: bool = False, only: list[str] | None = None,
         report["_seconds"] = time.perf_counter() - t0
         record.write_text(json.dumps(report, indent=2) + "\n")
         print(f"{run_dir.name}: {report['_seconds']:.0f} s", file=sys.stderr, flush=True)
-    print(confusion_table(out))
+    print(confusion_table(out, misspec))
 
 
-def confusion_table(out: Path) -> str:
+def confusion_table(out: Path, misspec: bool = False) -> str:
     """Markdown: per env and condition, how many seeds called each type conflicting."""
     from mavrl_ppl.analysis.criticize import decide
 
     counts: dict[tuple[str, str], dict[str, int]] = {}
     totals: dict[tuple[str, str], int] = {}
-    for record in sorted(out.glob("*/criticism.json")):
-        stem = record.parent.name  # <env>_seed<S>_<condition>
-        env, condition = stem.rpartition("_seed")[0], stem.rsplit("_", 1)[1]
+    runs = _misspec_runs(out) if misspec else _corruption_runs(out)
+    for record in (run / "criticism.json" for run in runs if (run / "criticism.json").is_file()):
+        env, condition, _ = run_label(record.parent)
         report = json.loads(record.read_text())
         key = (env, condition)
         totals[key] = totals.get(key, 0) + 1
@@ -119,22 +149,23 @@ def confusion_table(out: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("action", choices=("fit", "criticize", "table"))
+    p.add_argument("action", choices=("fit", "criticize", "table", "misspec", "misspec-table"))
     p.add_argument("--env", default="grid_trap")
     p.add_argument("--seeds", nargs="+", default=["0-4"])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--conditions", nargs="+", default=list(CORRUPTIONS), choices=[*CORRUPTIONS, *EXTRA],
                    help="the corrupted types to fit (fit)")
-    p.add_argument("--only", nargs="*", help="criticise only these seeds (split the work over processes)")
+    p.add_argument("--only", nargs="*", help="criticise only these seeds, e.g. 0-4 (split the work over processes)")
     p.add_argument("--no-refit", action="store_true", help="no leave-one-type-out refits (the PPC decides)")
     p.add_argument("--again", action="store_true", help="criticise runs that have a record again (refits are kept)")
     args = p.parse_args(argv)
     if args.action == "fit":
         fit_all(args.env, parse_seeds(args.seeds), args.out, args.conditions)
-    elif args.action == "criticize":
-        criticize_all(args.out, args.again, args.only, not args.no_refit)
+    elif args.action in ("criticize", "misspec"):
+        only = parse_seeds(args.only) if args.only else None
+        criticize_all(args.out, args.again, only, not args.no_refit, misspec=args.action == "misspec")
     else:
-        print(confusion_table(args.out))
+        print(confusion_table(args.out, misspec=args.action == "misspec-table"))
     return 0
 
 

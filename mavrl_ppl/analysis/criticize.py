@@ -97,6 +97,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from mavrl_ppl.netcdf import arviz as _arviz
+from mavrl_ppl.netcdf import read_inference_data, write_inference_data
+
 __all__ = [
     "K_HIGH",
     "PPC_Z",
@@ -149,12 +152,6 @@ class TypeCriticism(NamedTuple):
 
 
 # ---------------------------------------------------------------------------------------------- pure functions
-
-
-def _arviz() -> Any:
-    from mavrl_ppl.analysis.compare import _arviz
-
-    return _arviz()
 
 
 def _flat(values: np.ndarray) -> np.ndarray:
@@ -415,7 +412,7 @@ def _load(run_dir: Path) -> tuple[Any, Any, Any, dict[str, Any]]:
         raise CriticismError(f"{run_dir}: {exc}") from None
     posterior = run_dir / "posterior.nc"
     try:
-        idata = _arviz().from_netcdf(str(posterior))
+        idata = read_inference_data(posterior)
         for group in idata.groups():
             idata[group].load()  # no file handle stays open
     except Exception as exc:
@@ -454,12 +451,12 @@ def criticize_run(run_dir: str | Path, *, refit: bool = True, keep_refits: str |
         left_out = next(t for t in feedback if t not in subset)
         kept = Path(keep_refits) / f"without_{left_out}.nc" if keep_refits is not None else None
         if kept is not None and kept.is_file():
-            return _arviz().from_netcdf(str(kept))
+            return read_inference_data(kept)
         other = fit_problem(Problem(dict(loaded.config), mdp, subset)).idata
         if kept is not None:  # written under another name first: an interrupted write is never read back
             kept.parent.mkdir(parents=True, exist_ok=True)
             partial = kept.with_suffix(".partial")
-            other.to_netcdf(str(partial))
+            write_inference_data(other, partial)
             partial.replace(kept)
         return other
 
