@@ -147,9 +147,54 @@ def confusion_table(out: Path, misspec: bool = False) -> str:
     return "\n".join(lines)
 
 
+def plot_misspec(out: Path, path: Path) -> Path:
+    """Per grid a panel: each criticised run's PPC z of every type, by condition (clean, then each corrupted type),
+    with the thresholds :data:`~mavrl_ppl.analysis.criticize.PPC_Z` and ``PPC_Z_HIGH`` outside which a type is called
+    conflicting."""
+    from mavrl_ppl.analysis.criticize import PPC_Z, PPC_Z_HIGH
+    from mavrl_ppl.analysis.plots import _figure, _save
+
+    points: dict[tuple[str, str, str], list[float]] = {}
+    for run in _misspec_runs(out):
+        if (run / "criticism.json").is_file():
+            env, condition, _ = run_label(run)
+            for name, entry in json.loads((run / "criticism.json").read_text()).items():
+                if not name.startswith("_") and entry.get("ppc_z") is not None:
+                    points.setdefault((env, condition, name), []).append(float(entry["ppc_z"]))
+    envs = sorted({k[0] for k in points})
+    conditions = [c for c in ("clean", *(f"pdrs_{t}" for t in CORRUPTIONS), "pdrs_all")
+                  if any(k[1] == c for k in points)]
+    colours = dict(zip(CORRUPTIONS, ("tab:blue", "tab:orange", "tab:green", "tab:red"), strict=True))
+    fig = _figure((max(4.6 * len(envs), 8.0), 5.0))
+    axes = fig.subplots(1, len(envs), sharey=True, squeeze=False)[0]
+    rng = np.random.default_rng(0)  # horizontal jitter only
+    low = min(-10.0, 1.3 * min(min(z) for z in points.values()))
+    high = max(10.0, 1.3 * max(max(z) for z in points.values()))
+    for ax, env in zip(axes, envs, strict=True):
+        for i, condition in enumerate(conditions):
+            for j, name in enumerate(CORRUPTIONS):
+                z = np.asarray(points.get((env, condition, name), []))
+                x = i + (j - 1.5) * 0.18 + rng.uniform(-0.05, 0.05, z.size)
+                ax.scatter(x, z, s=12, color=colours[name], alpha=0.8,
+                           label=name if (ax is axes[0] and i == 0) else None)
+        for threshold in (PPC_Z, PPC_Z_HIGH):
+            ax.axhline(threshold, color="black", linestyle="--", linewidth=1)
+        ax.set_yscale("symlog", linthresh=5)
+        ax.set_yticks([t for t in (-100, -50, -20, -10, -5, PPC_Z, 0, 2, PPC_Z_HIGH, 10, 20) if low <= t <= high])
+        ax.yaxis.set_major_formatter("{x:g}")
+        ax.set_ylim(low, high)
+        ax.set_xticks(range(len(conditions)), [c.replace("pdrs_", "corrupt\n") for c in conditions], fontsize=8)
+        ax.set_xlabel("feedback condition (all four types; one or all corrupted)")
+        ax.set_title(f"{env}: {len(points.get((env, conditions[0], CORRUPTIONS[0]), []))} runs per condition")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel(f"posterior-predictive z (symlog); outside [{PPC_Z}, {PPC_Z_HIGH}]: conflicting")
+    axes[0].legend(title="type", fontsize=8, loc="lower left")
+    return _save(fig, path, "Which source disagrees: each type's PPC z per run (SVI, paper allocation)")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("action", choices=("fit", "criticize", "table", "misspec", "misspec-table"))
+    p.add_argument("action", choices=("fit", "criticize", "table", "misspec", "misspec-table", "misspec-figure"))
     p.add_argument("--env", default="grid_trap")
     p.add_argument("--seeds", nargs="+", default=["0-4"])
     p.add_argument("--out", type=Path, required=True)
@@ -157,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the corrupted types to fit (fit)")
     p.add_argument("--only", nargs="*", help="criticise only these seeds, e.g. 0-4 (split the work over processes)")
     p.add_argument("--no-refit", action="store_true", help="no leave-one-type-out refits (the PPC decides)")
+    p.add_argument("--figure", type=Path, help="misspec-figure: the PNG to write")
     p.add_argument("--again", action="store_true", help="criticise runs that have a record again (refits are kept)")
     args = p.parse_args(argv)
     if args.action == "fit":
@@ -164,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.action in ("criticize", "misspec"):
         only = parse_seeds(args.only) if args.only else None
         criticize_all(args.out, args.again, only, not args.no_refit, misspec=args.action == "misspec")
+    elif args.action == "misspec-figure":
+        print(plot_misspec(args.out, args.figure or args.out / "criticism.png"))
     else:
         print(confusion_table(args.out, misspec=args.action == "misspec-table"))
     return 0
