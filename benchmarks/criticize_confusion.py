@@ -147,6 +147,50 @@ def confusion_table(out: Path, misspec: bool = False) -> str:
     return "\n".join(lines)
 
 
+def drop_flagged(out: Path, only: list[int] | None = None) -> str:
+    """Act on the verdict: refit every criticised misspecification run that has a flagged type without those types
+    (its ``feedback.nc`` minus the flagged groups, ``fit --data``, the run's seed, default settings) into
+    ``OUT/dropped/<run>``, then a Markdown table per env and condition: the mean normalised score as fitted, and after
+    dropping what was flagged (runs without a flag count with their own score). Resumable (existing refits are kept).
+    """
+    from mavrl_ppl.analysis.criticize import decide
+    from mavrl_ppl.feedback.data import load_feedback, save_feedback
+    from mavrl_ppl.runs import run
+
+    rows: dict[tuple[str, str], list[tuple[float, float, bool]]] = {}
+    for run_dir in _misspec_runs(out):
+        record = run_dir / "criticism.json"
+        if not record.is_file():
+            continue
+        env, condition, seed = run_label(run_dir)
+        before = float(json.loads((run_dir / "metrics.json").read_text())["normalized_score"])
+        flagged = [t for t, e in json.loads(record.read_text()).items()
+                   if not t.startswith("_") and decide(e)[0] == "conflicting"]
+        after = before
+        if flagged and (only is None or seed in only):
+            target = out / "dropped" / run_dir.name
+            if not (target / "metrics.json").is_file():
+                feedback = load_feedback(run_dir / "feedback.nc")
+                kept = {t: ds for t, ds in feedback.items() if t not in flagged}
+                data = out / "dropped" / f"{run_dir.name}.nc"
+                data.parent.mkdir(parents=True, exist_ok=True)
+                save_feedback(data, kept)
+                run({"data": str(data), "seed": seed}, target, overwrite=True)
+                print(f"{run_dir.name}: without {', '.join(flagged)}", file=sys.stderr, flush=True)
+            after = float(json.loads((target / "metrics.json").read_text())["normalized_score"])
+        elif flagged:
+            continue  # another process's seed
+        rows.setdefault((env, condition), []).append((before, after, bool(flagged)))
+    lines = ["| env | condition | runs | runs with a flag | score as fitted | score after dropping the flagged types |",
+             "|---|---|---:|---:|---:|---:|"]
+    for (env, condition), pairs in sorted(rows.items()):
+        a = np.array([p[:2] for p in pairs])
+        se = a.std(0, ddof=1) / np.sqrt(len(a)) if len(a) > 1 else np.zeros(2)
+        lines.append(f"| {env} | {condition} | {len(a)} | {sum(p[2] for p in pairs)} | "
+                     f"{a[:, 0].mean():.1f} ± {se[0]:.1f} | {a[:, 1].mean():.1f} ± {se[1]:.1f} |")
+    return "\n".join(lines)
+
+
 def plot_misspec(out: Path, path: Path) -> Path:
     """Per grid a panel: each criticised run's PPC z of every type, by condition (clean, then each corrupted type),
     with the thresholds :data:`~mavrl_ppl.analysis.criticize.PPC_Z` and ``PPC_Z_HIGH`` outside which a type is called
@@ -194,7 +238,8 @@ def plot_misspec(out: Path, path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("action", choices=("fit", "criticize", "table", "misspec", "misspec-table", "misspec-figure"))
+    p.add_argument("action", choices=("fit", "criticize", "table", "misspec", "misspec-table", "misspec-figure",
+                                          "misspec-drop"))
     p.add_argument("--env", default="grid_trap")
     p.add_argument("--seeds", nargs="+", default=["0-4"])
     p.add_argument("--out", type=Path, required=True)
@@ -210,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.action in ("criticize", "misspec"):
         only = parse_seeds(args.only) if args.only else None
         criticize_all(args.out, args.again, only, not args.no_refit, misspec=args.action == "misspec")
+    elif args.action == "misspec-drop":
+        print(drop_flagged(args.out, parse_seeds(args.only) if args.only else None))
     elif args.action == "misspec-figure":
         print(plot_misspec(args.out, args.figure or args.out / "criticism.png"))
     else:
