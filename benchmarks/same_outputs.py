@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from mavrl_ppl.netcdf import ENGINE
+
 #: Timings differ between any two runs; ``total_seconds`` and the like are not results.
 TIMING_SUFFIX = "_seconds"
 
@@ -34,8 +36,8 @@ def compare_run(old: Path, new: Path) -> list[str]:
             problems.append(f"metrics key {key!r} only in {'new' if key in b else 'old'}")
         elif json.dumps(a[key]) != json.dumps(b[key]):
             problems.append(f"metrics {key}: {a[key]!r} != {b[key]!r}")
-    pa = xr.load_dataset(old / "posterior.nc", group="posterior", engine="h5netcdf")
-    pb = xr.load_dataset(new / "posterior.nc", group="posterior", engine="h5netcdf")
+    pa = xr.load_dataset(old / "posterior.nc", group="posterior", engine=ENGINE)
+    pb = xr.load_dataset(new / "posterior.nc", group="posterior", engine=ENGINE)
     for name in sorted(set(pa.data_vars) | set(pb.data_vars)):
         if name not in pa or name not in pb:
             problems.append(f"posterior variable {name!r} only in {'new' if name in pb else 'old'}")

@@ -43,6 +43,8 @@ import numpy as np
 import xarray as xr
 from _common import kept_notes, machine, write_section
 
+from mavrl_ppl.netcdf import ENGINE
+
 SECTION = "## Scale-out: local processes vs Dask (issue 22)"
 CONFIGS = {"local1": (["--jobs", "1"], 1), "local2": (["--jobs", "2"], 2), "dask2": (["--cluster", "local:2"], 2)}
 COMPARED = ("normalized_score", "epic", "run_status")
@@ -66,7 +68,7 @@ def run_table(config: str, args: argparse.Namespace) -> dict[str, object]:
     wall = time.perf_counter() - start
     if result.returncode != 0:
         raise SystemExit(f"{config}: exit {result.returncode}\n{result.stderr[-3000:]}")
-    ds = xr.load_dataset(out / "baseline_table.nc", engine="h5netcdf")
+    ds = xr.load_dataset(out / "baseline_table.nc", engine=ENGINE)
     fits = int(ds.attrs["fits_run"])
     fit_total = float(ds.attrs["runs_total_seconds"])
     return {"config": config, "wall": wall, "fits": fits, "fit_total": fit_total, "slots": slots,

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from _common import RESULTS, machine, write_section
 
+from mavrl_ppl.netcdf import ENGINE
+
 SECTION = "## Optuna fixed-allocation table (issue 7)"
 GRIDS = ("grid_cliff", "grid_sparse", "grid_trap")
 # REFERENCE §4 (best of hundreds of Optuna trials per cell, selected on the reported score itself).
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import xarray as xr
 
-    ds = xr.load_dataset(Path(args.out) / "table.nc", engine="h5netcdf")
+    ds = xr.load_dataset(Path(args.out) / "table.nc", engine=ENGINE)
     markdown = (Path(args.out) / "table.md").read_text().rstrip("\n")
     per_study = sorted(study_seconds.values())
     lines = [

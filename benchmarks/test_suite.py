@@ -41,7 +41,22 @@ def tree_rss(proc: psutil.Process) -> int:
     return total
 
 
+#: A fixed single-threaded workload whose seconds say how fast this (virtual) machine is right now. On 2026-12-03 the
+#: same idle machine took 240 s for the suite in one hour and 358 s in the next, and the default fit command 21.4 s
+#: against 7.4 s on an earlier day, with the load average near 0 every time; the probe (added then) read 3.2 s.
+#: A timing is only comparable with one made at a similar probe.
+SPEED_PROBE = ("import time\nt = time.perf_counter()\ns = 0\nfor i in range(20_000_000):\n    s += i\n"
+               "print(time.perf_counter() - t)")
+
+
+def speed_probe() -> float:
+    """Seconds of :data:`SPEED_PROBE` in a fresh interpreter."""
+    done = subprocess.run([sys.executable, "-c", SPEED_PROBE], capture_output=True, text=True, check=True)
+    return float(done.stdout)
+
+
 def one_run() -> dict:
+    probe = speed_probe()
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
     done = subprocess.Popen([sys.executable, "-c", PROBE], cwd=ROOT, stdout=subprocess.PIPE,
@@ -62,7 +77,7 @@ def one_run() -> dict:
     return {"wall": wall, "exit": done.returncode, "summary": summary.strip("= "),
             "peak_pytest_mb": peak["PEAK_SELF_KB"] / 1024,
             "peak_tree_mb": peak_tree / 2**20, "peak_any_child_mb": peak["PEAK_CHILD_KB"] / 1024,
-            "load_before": load_before, "load_after": os.getloadavg()[0], "slowest": slowest,
+            "load_before": load_before, "load_after": os.getloadavg()[0], "slowest": slowest, "probe": probe,
             "failed": [x for x in lines if x.startswith("FAILED")]}
 
 
@@ -82,15 +97,17 @@ def main(argv: list[str] | None = None) -> int:
              f"README does: two pytest-xdist workers). Machine: {info['nproc']} cores, {info['cpu']}, "
              f"Python {info['python']}.", "",
              "| run | result | wall (s) | pytest peak RSS (MB) | largest child peak RSS (MB) | all processes at once, "
-             "peak (MB) | load before / after |",
-             "|---|---|---|---|---|---|---|"]
+             "peak (MB) | load before / after | speed probe before (s) |",
+             "|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(runs):
         lines.append(f"| {i + 1} | {r['summary']} | {r['wall']:.0f} | {r['peak_pytest_mb']:.0f} | "
                      f"{r['peak_any_child_mb']:.0f} | {r['peak_tree_mb']:.0f} | "
-                     f"{r['load_before']:.2f} / {r['load_after']:.2f} |")
+                     f"{r['load_before']:.2f} / {r['load_after']:.2f} | {r['probe']:.2f} |")
     lines += ["", f"Median wall time {walls[len(walls) // 2]:.0f} s (target < 240 s). The first two peaks are maxima "
               "of single processes (the pytest-xdist workers are children of pytest; target < 1.5 GB); the third is "
-              "the largest sum of the resident memory of pytest and all its descendants, sampled every 0.25 s.", "",
+              "the largest sum of the resident memory of pytest and all its descendants, sampled every 0.25 s. "
+              "The speed probe is a fixed pure-Python loop (SPEED_PROBE in the script): larger is a slower machine.",
+              "",
               "Slowest tests of the last run:", "", "```", *runs[-1]["slowest"], "```"]
     if not args.no_write:
         write_section("\n".join(lines), HEADER)

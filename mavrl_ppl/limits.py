@@ -122,14 +122,12 @@ def _data_file_bytes(path: str) -> int:
     """The in-memory size of a feedback file's arrays, from its header (nothing is read); 0 if unreadable (the
     loader reports that)."""
     try:
-        import h5netcdf
+        import numpy as np
 
-        total = 0
-        with h5netcdf.File(path, "r") as handle:
-            for group in handle.groups.values():
-                for variable in group.variables.values():
-                    total += math.prod(variable.shape) * variable.dtype.itemsize
-        return total
+        from mavrl_ppl.netcdf import group_headers
+
+        return sum(math.prod(shape) * np.dtype(dtype).itemsize
+                   for _, variables in group_headers(path).values() for shape, dtype in variables.values())
     except Exception:
         return 0
 

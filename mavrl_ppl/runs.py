@@ -164,12 +164,11 @@ def resolve_config(settings: Mapping[str, Any] | None = None, *, source: str = "
 def _env_from_data(config: dict[str, Any], *, explicit_env: bool) -> None:
     """Take the env (and a grid's size) from a feedback file's ``env`` / ``num_states`` attributes, or refuse an
     explicit ``env`` that contradicts them, naming both."""
-    import h5netcdf
+    from mavrl_ppl.netcdf import group_headers
 
     path = config["data"]
     try:
-        with h5netcdf.File(path, "r") as handle:
-            attrs = {name: dict(group.attrs) for name, group in handle.groups.items()}
+        attrs = {name: group_attrs for name, (group_attrs, _) in group_headers(path).items()}
     except Exception as exc:  # missing, unreadable or not NetCDF-4: load_feedback would say the same, later
         raise UsageError(f"{path}: cannot read feedback data: {exc}") from None
     envs = {str(a["env"]) for a in attrs.values() if "env" in a}
@@ -569,11 +568,12 @@ def write_run(work: Path, problem: Problem, fitted: Fitted) -> None:
     """Write a run's files and plots into ``work`` (the directory :func:`~mavrl_ppl.rundirs.claim_run_directory`
     publishes as the run directory)."""
     from mavrl_ppl.feedback.data import save_feedback
+    from mavrl_ppl.netcdf import write_inference_data
 
     work = Path(work)
     (work / "config.json").write_text(json.dumps(problem.config, indent=2, sort_keys=True) + "\n")
     save_feedback(work / "feedback.nc", problem.feedback)
-    fitted.idata.to_netcdf(str(work / "posterior.nc"))
+    write_inference_data(fitted.idata, work / "posterior.nc")
     if problem.mdp is None and fitted.model is not None:  # a control env's learned reward is the encoder: keep it
         from mavrl_ppl.models.networks import save_networks
 
@@ -682,15 +682,17 @@ class LoadedRun(NamedTuple):
 
     def posterior(self) -> Any:
         """The ``posterior.nc`` InferenceData."""
-        import arviz as az
+        from mavrl_ppl.netcdf import read_inference_data
 
-        return az.from_netcdf(str(self.path / "posterior.nc"))
+        return read_inference_data(self.path / "posterior.nc")
 
     def posterior_mean(self) -> np.ndarray:
         """Posterior mean of ``reward`` (reads only the ``posterior`` group)."""
         import xarray as xr
 
-        posterior = xr.load_dataset(self.path / "posterior.nc", group="posterior", engine="h5netcdf")
+        from mavrl_ppl.netcdf import ENGINE
+
+        posterior = xr.load_dataset(self.path / "posterior.nc", group="posterior", engine=ENGINE)
         return posterior["reward"].mean(("chain", "draw")).values
 
     def feedback(self) -> dict[str, Any]:

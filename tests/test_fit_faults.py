@@ -235,11 +235,11 @@ def test_sigterm_stops_nuts_inside_a_native_jax_call_at_once(tmp_path):
     proc = start_fit(*TINY, "--inference", "nuts", "--num-warmup", "100000", "--num-samples", "100000",
                      "--out", str(tmp_path / "run"))
     try:
-        # XLA names its compiler and compute threads: from then on the fit is inside JAX's native code; 15 s later
+        # XLA names its compiler and compute threads: from then on the fit is inside JAX's native code; 8 s later
         # the chains are sampling (3x3: compilation and mode search took ~6 s on the 2-core machine; if they have
-        # not finished on a slower one, this tests the signal during them)
+        # not finished on a slower one, this tests the signal during them, also native calls)
         wait_for(lambda: any(n.startswith(("llvm-worker", "tf_XLA")) for n in _thread_names(proc.pid)), proc)
-        time.sleep(15)
+        time.sleep(8)
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)  # the compilation alone takes longer on a loaded machine

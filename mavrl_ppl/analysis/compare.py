@@ -28,13 +28,14 @@ import hashlib
 import json
 import math
 import sys
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import xarray as xr
+
+from mavrl_ppl.netcdf import ENGINE, read_inference_data
 
 if TYPE_CHECKING:
     import arviz as az
@@ -245,15 +246,6 @@ def feedback_digest(feedback: Mapping[str, xr.Dataset]) -> str:
     return h.hexdigest()
 
 
-def _arviz() -> Any:
-    """``import arviz`` without its once-a-day ``FutureWarning`` about the 1.0 refactor."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        import arviz
-
-    return arviz
-
-
 def read_run_files(run_dir: str | Path, *, require: Sequence[str] = RUN_FILES) -> dict[str, Any]:
     """Read a run directory written by ``python -m mavrl_ppl.fit`` into memory.
 
@@ -274,7 +266,7 @@ def read_run_files(run_dir: str | Path, *, require: Sequence[str] = RUN_FILES) -
             raise RunMismatchError(f"{run_dir / name}: no such file")
     out: dict[str, Any] = {"dir": run_dir, "metrics": {}, "config": {}, "feedback_digest": None}
     try:
-        idata = _arviz().from_netcdf(str(run_dir / "posterior.nc"))
+        idata = read_inference_data(run_dir / "posterior.nc")
         for group in idata.groups():
             idata[group].load()  # no file handle stays open
     except Exception as exc:
@@ -480,7 +472,7 @@ def write_outputs(ds: xr.Dataset, out: Path) -> list[Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "comparison.nc", out / "comparison.json", out / "compare_means.png"]
-    ds.to_netcdf(written[0], engine="h5netcdf")
+    ds.to_netcdf(written[0], engine=ENGINE)
     written[1].write_text(json.dumps(summary_dict(ds), indent=2, default=float) + "\n")
     names = [str(r) for r in ds["run"].values]
     mean, lower, upper = (ds[k].values.reshape(2, -1) for k in ("mean", "lower", "upper"))

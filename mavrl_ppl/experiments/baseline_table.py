@@ -51,6 +51,7 @@ from mavrl_ppl.analysis.report import format_mean_se, latex_escape, latex_tabula
 from mavrl_ppl.baselines.mcmc.settings import RHAT_MAX
 from mavrl_ppl.envs.allocation import GRID_ALLOCATION, format_counts
 from mavrl_ppl.experiments.executor import Outcome, Task, check_cluster, run_command, run_tasks
+from mavrl_ppl.netcdf import ENGINE
 
 __all__ = [
     "METHODS",
@@ -744,7 +745,7 @@ def build_table(
     if env_size is not None:
         ds.attrs["env_size"] = int(env_size)
     out.mkdir(parents=True, exist_ok=True)
-    ds.to_netcdf(out / "baseline_table.nc", engine="h5netcdf")
+    ds.to_netcdf(out / "baseline_table.nc", engine=ENGINE)
     (out / "baseline_table.md").write_text(table_to_markdown(ds))
     (out / "baseline_table.tex").write_text(table_to_latex(ds))
     plot_table(ds, out / "baseline_table.png")

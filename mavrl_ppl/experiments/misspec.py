@@ -69,6 +69,7 @@ from mavrl_ppl.experiments.baseline_table import (
     settings_table,
 )
 from mavrl_ppl.experiments.executor import run_command
+from mavrl_ppl.netcdf import ENGINE
 
 __all__ = [
     "CONDITIONS",
@@ -449,7 +450,7 @@ def build_misspec(
     if env_size is not None:
         ds.attrs["env_size"] = int(env_size)
     out.mkdir(parents=True, exist_ok=True)
-    ds.to_netcdf(out / "misspec.nc", engine="h5netcdf")
+    ds.to_netcdf(out / "misspec.nc", engine=ENGINE)
     (out / "misspec.md").write_text(to_markdown(ds))
     (out / "misspec.tex").write_text(to_latex(ds))
     plot(ds, out / "misspec.png")

@@ -67,6 +67,7 @@ from mavrl_ppl.envs.allocation import GRID_ALLOCATION, format_counts
 from mavrl_ppl.experiments.baseline_table import FitFunction, check_fit_options, run_fit, settings_table
 from mavrl_ppl.experiments.executor import Outcome, Task, run_command, run_tasks
 from mavrl_ppl.feedback.base import REWARD_PRIOR_LOC, REWARD_PRIOR_SCALE, get_feedback_type
+from mavrl_ppl.netcdf import ENGINE
 
 __all__ = [
     "ALPHA",
@@ -310,7 +311,7 @@ def posterior_matrix(path: Path, truth: Mapping[str, np.ndarray]) -> np.ndarray:
     Raises:
         ValueError: a variable missing from the posterior or of another size.
     """
-    with xr.open_dataset(path, group="posterior", engine="h5netcdf") as posterior:
+    with xr.open_dataset(path, group="posterior", engine=ENGINE) as posterior:
         columns = []
         for site, value in truth.items():
             if site not in posterior:
@@ -707,7 +708,7 @@ def run_sbc(
                     wall_seconds=time.perf_counter() - t0, jobs=int(jobs or os.cpu_count() or 1),
                     cluster=str(cluster or ""))
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "sbc.nc", lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
+    _write_atomic(out / "sbc.nc", lambda tmp: ds.to_netcdf(tmp, engine=ENGINE))
     _write_atomic(out / "sbc.md", lambda tmp: tmp.write_text(to_markdown(ds)))
     if plots and ds.sizes["replication"] >= 2:
         plot_ecdf(ds, out / "sbc_ecdf.png")

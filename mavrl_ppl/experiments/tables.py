@@ -39,6 +39,7 @@ import numpy as np
 from mavrl_ppl.analysis.report import format_mean_se, latex_escape, latex_tabular, markdown_table, mean_se
 from mavrl_ppl.errors import UsageError
 from mavrl_ppl.experiments.budget import ALL_SUBSETS
+from mavrl_ppl.netcdf import ENGINE
 
 SUBSET_LABELS: dict[str, str] = {"all": "all four"}
 OBJECTIVE_TEXT: dict[tuple[str, str], str] = {
@@ -267,7 +268,7 @@ def write_table(out: Path, cells: Mapping[tuple[str, str], Cell], envs: Sequence
     markdown = to_markdown(cells, envs, subsets, text)
     (out / "table.md").write_text(markdown)
     (out / "table.tex").write_text(to_latex(cells, envs, subsets, text))
-    to_dataset(cells, envs, subsets, seeds, kind, text).to_netcdf(out / "table.nc", engine="h5netcdf")
+    to_dataset(cells, envs, subsets, seeds, kind, text).to_netcdf(out / "table.nc", engine=ENGINE)
     return markdown
 
 

@@ -68,6 +68,7 @@ from mavrl_ppl.experiments.baseline_table import (
     settings_table,
 )
 from mavrl_ppl.experiments.executor import Outcome, Task, run_command, run_tasks
+from mavrl_ppl.netcdf import ENGINE
 
 __all__ = [
     "DEFAULT_LEVELS",
@@ -685,7 +686,7 @@ def write_outputs(ds: xr.Dataset, out: Path, *, plots: bool = True) -> None:
     """``transfer.nc``, ``transfer.md``, ``transfer.tex`` and (``plots``) ``transfer.png`` plus
     ``transfer_<env>.png``, into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    ds.to_netcdf(out / "transfer.nc", engine="h5netcdf")
+    ds.to_netcdf(out / "transfer.nc", engine=ENGINE)
     (out / "transfer.md").write_text(to_markdown(ds))
     (out / "transfer.tex").write_text(to_latex(ds))
     if plots:

@@ -37,6 +37,7 @@ from mavrl_ppl.feedback.base import (
     get_feedback_type,
     registered,
 )
+from mavrl_ppl.netcdf import ENGINE, group_headers
 
 __all__ = [
     "FeedbackDataError",
@@ -49,9 +50,9 @@ __all__ = [
 ]
 
 #: Attribute recording how to undo NetCDF's attribute conversions: 1-element arrays come back as scalars,
-#: bools are stored as int8, lists come back as arrays, Python int/float come back as numpy scalars.
+#: bools are stored as int8, lists come back as arrays, Python int/float come back as numpy scalars, and netCDF-C
+#: may hand the attributes back in another order (the record keeps the order under its own, reserved, name).
 _ATTR_TYPES = "_mavrl_ppl_attr_types"
-_ENGINE = "h5netcdf"
 
 
 class FeedbackDataError(ValueError):
@@ -289,7 +290,7 @@ def _encode_attrs(attrs: Mapping[str, Any], variable: str | None) -> dict[str, A
         elif isinstance(value, str | np.number):
             out[key] = value  # numpy scalars come back with their own dtype
         elif isinstance(value, list | tuple) and value and all(isinstance(v, str) for v in value):
-            out[key], types[key] = list(value), type(value).__name__  # h5netcdf keeps lists of strings
+            out[key], types[key] = list(value), type(value).__name__  # NetCDF-4 keeps lists of strings
         elif isinstance(value, np.ndarray | list | tuple):
             array = np.asarray(value)
             if array.dtype.kind not in "biuf":
@@ -303,6 +304,8 @@ def _encode_attrs(attrs: Mapping[str, Any], variable: str | None) -> dict[str, A
         else:
             kind = type(value).__name__
             raise _Problem(owner, None, f"attribute {key!r} of type {kind} cannot be stored in NetCDF")
+    if len(out) > 1:
+        types[_ATTR_TYPES] = list(out)
     if types:
         out[_ATTR_TYPES] = json.dumps(types, sort_keys=True)
     return out
@@ -312,6 +315,7 @@ def _decode_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """Undo :func:`_encode_attrs`; files written by other tools carry no record and come back as read."""
     out = dict(attrs)
     types = json.loads(out.pop(_ATTR_TYPES, "{}"))
+    order = types.pop(_ATTR_TYPES, None)
     for key, kind in types.items():
         value = out[key]
         if kind == "bool":
@@ -326,6 +330,8 @@ def _decode_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
         else:  # ["ndarray", dtype, shape]
             _, dtype, shape = kind
             out[key] = np.asarray(value).astype(np.dtype(dtype)).reshape(shape)
+    if order is not None and set(order) == set(out):
+        out = {key: out[key] for key in order}
     return out
 
 
@@ -382,7 +388,7 @@ def save_feedback(path: str | os.PathLike, feedback: Mapping[str, xr.Dataset]) -
         os.close(fd)
         for index, (name, (dataset, encoding)) in enumerate(prepared.items()):
             mode = "w" if index == 0 else "a"
-            dataset.to_netcdf(temp, mode=mode, group=name, engine=_ENGINE, encoding=encoding)
+            dataset.to_netcdf(temp, mode=mode, group=name, engine=ENGINE, encoding=encoding)
         with open(temp, "rb") as handle:
             os.fsync(handle.fileno())  # the data must be on disk before the rename makes them visible
         os.replace(temp, path)
@@ -416,7 +422,7 @@ def load_feedback(path: str | os.PathLike, groups: Sequence[str] | None = None) 
 
     Args:
         path: a NetCDF-4 file written by :func:`save_feedback` (or by any tool that follows DESIGN §2).
-        groups: read only these groups (each costs ~0.07 s through h5netcdf, whatever its size); ``None``: all.
+        groups: read only these groups; ``None``: all.
 
     Returns:
         Type name -> data set, in the file's group order, fully loaded (no file handle stays open).
@@ -425,15 +431,12 @@ def load_feedback(path: str | os.PathLike, groups: Sequence[str] | None = None) 
         FeedbackDataError: the file is missing, is not NetCDF-4/HDF5, holds no groups (or not a requested one), or
             fails validation.
     """
-    import h5netcdf
-
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FeedbackDataError("no such file", path=path)
     try:
-        with h5netcdf.File(path, "r") as handle:
-            names = list(handle.groups)
-    except Exception as exc:  # h5py's OSError or h5netcdf's own errors: not a readable NetCDF-4 file
+        names = list(group_headers(path))
+    except Exception as exc:  # netCDF-C's OSError: not a readable NetCDF-4 file
         raise FeedbackDataError(f"cannot read as NetCDF-4: {exc}", path=path) from None
     if not names:
         raise FeedbackDataError("the file holds no feedback groups", path=path)
@@ -446,7 +449,7 @@ def load_feedback(path: str | os.PathLike, groups: Sequence[str] | None = None) 
     for name in names:
         try:
             # No time decoding: a float variable with units "seconds" must stay a float, not a timedelta.
-            dataset = xr.load_dataset(path, group=name, engine=_ENGINE, decode_times=False, decode_timedelta=False)
+            dataset = xr.load_dataset(path, group=name, engine=ENGINE, decode_times=False, decode_timedelta=False)
         except Exception as exc:
             raise FeedbackDataError(f"cannot read the group: {exc}", path=path, group=name) from None
         feedback[name] = _restore(name, dataset)

@@ -18,6 +18,7 @@ from mavrl_ppl.analysis.posterior import build_inference_data
 from mavrl_ppl.envs.grids import make_tabular
 from mavrl_ppl.feedback import TabularTeacher
 from mavrl_ppl.feedback.data import load_feedback, save_feedback, simulate_feedback
+from mavrl_ppl.netcdf import write_inference_data
 
 SIZE = 3  # a 3x3 grid: 9 reward parameters
 
@@ -43,7 +44,7 @@ def write_run(run_dir: Path, draws: np.ndarray, feedback: dict[str, xr.Dataset],
                                  feedback=feedback, mdp=mdp, attrs={"inference": inference, "seed": seed,
                                                                     "fit_seconds": 1.0})
     run_dir.mkdir(parents=True)
-    idata.to_netcdf(str(run_dir / "posterior.nc"))
+    write_inference_data(idata, run_dir / "posterior.nc")
     save_feedback(run_dir / "feedback.nc", feedback)
     values = {"inference": inference, "env": env, "seed": seed, "normalized_score": 50.0, "epic": 0.5,
               "fit_seconds": 1.0, "total_seconds": 2.0, **(metrics or {})}

@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 
 from mavrl_ppl.analysis.criticize import (
+    PPC_Z,
+    PPC_Z_HIGH,
     CriticismError,
     TypeCriticism,
     criticize_run,
+    decide,
     importance_leave_out,
     lppd,
     main,
@@ -38,7 +41,8 @@ EVIDENCE = ("items", "elpd_loo", "elpd_per_item", "p_loo", "pareto_k_max", "shar
 
 def _tables(rng: np.random.Generator, labels_from: str) -> tuple[np.ndarray, np.ndarray]:
     """200 draws x 300 units x 3 labels, peaked predictive (0.8 on a unit's own label); observed labels drawn from
-    the predictive itself or uniformly."""
+    the predictive itself, uniformly, or always the unit's most probable label (a teacher more deterministic than
+    the model)."""
     draws, units, k = 200, 300, 3
     favourite = rng.integers(0, k, units)
     prob = np.full((units, k), 0.1)
@@ -46,6 +50,8 @@ def _tables(rng: np.random.Generator, labels_from: str) -> tuple[np.ndarray, np.
     lp = np.broadcast_to(np.log(prob), (draws, units, k)).copy()
     if labels_from == "model":
         labels = (rng.random(units)[:, None] > np.cumsum(prob, 1)).sum(1)
+    elif labels_from == "favourite":
+        labels = favourite
     else:
         labels = rng.integers(0, k, units)
     return lp[:, np.arange(units), labels], lp
@@ -59,6 +65,19 @@ def test_predictive_check_is_calibrated_on_the_models_own_labels_and_flags_unifo
     # uniform labels: expected log-prob log(0.8)/3 + 2 log(0.1)/3 = -1.61 vs -0.64 under replication, ~1 nat per unit
     bad = predictive_check(*_tables(rng, "uniform"))
     assert bad["z"] < -10 and bad["p"] < 1e-6 and bad["excess"] == pytest.approx(-0.97, abs=0.15)
+
+
+def test_labels_more_predictable_than_the_models_replications_are_conflicting_too() -> None:
+    rng = np.random.default_rng(0)
+    # always the favourite: log 0.8 per unit against 0.8 log 0.8 + 0.2 log 0.1 = -0.64 expected, sd 0.8 per unit,
+    # so z = 300 * 0.42 / (0.8 * sqrt(300)) ~ +9, far above PPC_Z_HIGH
+    sure = predictive_check(*_tables(rng, "favourite"))
+    assert sure["z"] > PPC_Z_HIGH + 3 and sure["excess"] == pytest.approx(0.42, abs=0.02)
+    verdict, reason = decide({"ppc_z": sure["z"], "ppc_p": sure["p"], "ppc_excess": sure["excess"]})
+    assert verdict == "conflicting" and "more predictable" in reason
+    for z in (PPC_Z, 0.0, PPC_Z_HIGH):  # the thresholds themselves are inside the consistent range
+        assert decide({"ppc_z": z, "ppc_p": 0.5, "ppc_excess": 0.0})[0] == "consistent"
+    assert decide({"ppc_z": PPC_Z - 0.1, "ppc_p": 0.0, "ppc_excess": -1.0})[0] == "conflicting"
 
 
 def test_lppd_and_reward_shift_known_answers() -> None:

@@ -24,8 +24,8 @@ from mavrl_ppl.feedback.data import load_feedback
 
 ENV = "grid_trap"
 SEEDS = [0, 1, 2]
-# FakeFit's run directories, written once per process and copied after that: writing netCDF through h5netcdf costs
-# ~0.5 s per run, most of these tests' time.
+# FakeFit's run directories, written once per process and copied after that: writing a run's netCDF files is a large
+# part of these tests' time.
 _WRITTEN_RUNS = Path(tempfile.mkdtemp(prefix="fake-fits-"))
 atexit.register(shutil.rmtree, _WRITTEN_RUNS, ignore_errors=True)
 SINGLE_OFFSET = {"pref": 1.5, "demo": -1.5, "rating": 0.7, "stop": -0.7}  # sums to zero: Post-Hoc mean = truth

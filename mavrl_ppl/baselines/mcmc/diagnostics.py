@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import numpy as np
 
 from mavrl_ppl.baselines.mcmc.settings import RHAT_MAX
-
-
-def arviz() -> Any:
-    """``import arviz`` without its once-a-day ``FutureWarning`` about the 1.0 refactor (the tests turn warnings into
-    errors, and whether it fires depends on a cache file outside the project)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        import arviz as az
-    return az
+from mavrl_ppl.netcdf import arviz
 
 
 def _extreme(dataset: Any, reduce: Any) -> float:

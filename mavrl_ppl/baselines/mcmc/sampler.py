@@ -15,12 +15,13 @@ import numpy as np
 from numpyro.infer import MCMC, NUTS
 
 from mavrl_ppl.baselines.mcmc.devices import enable_compilation_cache, enable_x64
-from mavrl_ppl.baselines.mcmc.diagnostics import arviz, nuts_diagnostics
+from mavrl_ppl.baselines.mcmc.diagnostics import nuts_diagnostics
 from mavrl_ppl.baselines.mcmc.init import dispersed_starts
 from mavrl_ppl.baselines.mcmc.model import make_model, nuisance_sites
 from mavrl_ppl.baselines.mcmc.potential import model_functions, uniform_starts
 from mavrl_ppl.baselines.mcmc.settings import NutsSettings
 from mavrl_ppl.envs.tabular import TabularMDP
+from mavrl_ppl.netcdf import arviz
 
 #: Environment variables under which NumPyro keeps its progress bars off (CI logs, pytest-xdist workers).
 _BARS_OFF = frozenset({"CI", "PYTEST_XDIST_WORKER"})
@@ -167,7 +168,7 @@ def run_nuts(mdp: TabularMDP, feedback: Mapping[str, Any], settings: NutsSetting
     Returns:
         A :class:`NutsResult`; check ``diagnostics["converged"]`` before trusting the posterior.
     """
-    arviz()  # first ArviZ import without its daily FutureWarning (see diagnostics.arviz)
+    arviz()  # first ArviZ import without its daily FutureWarning (see mavrl_ppl.netcdf.arviz)
     from mavrl_ppl.analysis.posterior import build_inference_data  # imports ArviZ; keep module import light
     from mavrl_ppl.analysis.predictive import evaluate_feedback
 

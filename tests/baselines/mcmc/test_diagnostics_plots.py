@@ -12,7 +12,7 @@ from mavrl_ppl.envs import make_tabular
 
 
 def synthetic_idata(shift_chain: float = 0.0, divergent: int = 0, seed: int = 0, lp_shift: float = 0.0):
-    from mavrl_ppl.baselines.mcmc.diagnostics import arviz
+    from mavrl_ppl.netcdf import arviz
 
     arviz()  # ArviZ's import-time FutureWarning must not fire inside the test (warnings are errors)
     from mavrl_ppl.analysis.posterior import build_inference_data
@@ -102,7 +102,7 @@ TITLE = re.compile(r"reward \(row (\d+), col (\d+)\)\nR-hat (\d\.\d{3}), bulk ES
 
 
 def test_plot_titles_name_the_grid_cell_with_its_rhat_and_ess(tmp_path, closed_figures):
-    from mavrl_ppl.baselines.mcmc.diagnostics import arviz
+    from mavrl_ppl.netcdf import arviz
 
     az = arviz()
     idata = synthetic_idata(shift_chain=1.0)  # state 4 = cell (1, 1) of the 3x3 grid has one chain off

@@ -201,7 +201,7 @@ def test_warm_up_trees_stop_at_their_own_depth_and_kept_draws_go_deeper():
     def potential(z):
         return 0.5 * z @ precision @ z
 
-    settings = NutsSettings(num_chains=1, num_warmup=200, num_samples=200, warmup_max_tree_depth=2, max_tree_depth=8,
+    settings = NutsSettings(num_chains=1, num_warmup=100, num_samples=50, warmup_max_tree_depth=2, max_tree_depth=8,
                             progress_bar=False)
     mcmc = build_mcmc(potential, settings)
     mcmc.warmup(jax.random.PRNGKey(0), init_params=jnp.zeros(2), extra_fields=("num_steps",), collect_warmup=True)
