@@ -267,8 +267,6 @@ def read_run_files(run_dir: str | Path, *, require: Sequence[str] = RUN_FILES) -
     out: dict[str, Any] = {"dir": run_dir, "metrics": {}, "config": {}, "feedback_digest": None}
     try:
         idata = read_inference_data(run_dir / "posterior.nc")
-        for group in idata.groups():
-            idata[group].load()  # no file handle stays open
     except Exception as exc:
         raise RunMismatchError(f"{run_dir / 'posterior.nc'}: cannot read: {exc}") from None
     if "posterior" not in idata.groups() or "reward" not in idata.posterior:

@@ -468,8 +468,6 @@ def _load(run_dir: Path) -> tuple[Any, Any, Any, dict[str, Any]]:
     posterior = run_dir / "posterior.nc"
     try:
         idata = read_inference_data(posterior)
-        for group in idata.groups():
-            idata[group].load()  # no file handle stays open
     except Exception as exc:
         raise CriticismError(f"{posterior}: cannot read: {exc}") from None
     if mdp is None or "log_likelihood" not in idata.groups():
