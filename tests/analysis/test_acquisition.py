@@ -26,23 +26,12 @@ TYPES = ("pref", "demo", "rating", "stop")
 
 
 @pytest.fixture(scope="module")
-def problem():
-    """As test_predictive's: a 4x4 grid with random moves, observed feedback of all four types (the preference
-    rationality inferred), posterior-like draws around the true reward; plus a pool of candidate queries that take
-    the observed data's attributes."""
-    mdp = make_tabular("grid_trap", size=4, p_rand=0.1)
-    teacher = TabularTeacher(mdp)
-    observed = simulate_feedback(teacher, {"pref": 12, "demo": 2, "rating": 12, "stop": 16},
-                                 np.random.default_rng(0), {"stop": {"lapse": 0.05}})
-    observed["pref"] = observed["pref"].copy()
-    del observed["pref"].attrs["beta"]
-    rng = np.random.default_rng(1)
-    draws = 40
-    reward = mdp.group_rewards + 0.7 * rng.normal(size=(2, draws, mdp.num_states))
-    nuisance = {"pref_beta": np.exp(0.5 * rng.normal(size=(2, draws))),
-                "rating_cutpoints": np.sort(2.0 * rng.normal(size=(2, draws, 4)), axis=-1)}
-    pool = candidate_queries(teacher, {"pref": 20, "demo": 4, "rating": 20, "stop": 20}, np.random.default_rng(2),
-                             {"stop": {"lapse": 0.05}}, like=observed)
+def problem_with_pool(problem):
+    """conftest's ``problem`` (observed feedback of all four types, posterior-like draws) with a pool of candidate
+    queries that take the observed data's attributes: ``(mdp, pool, reward, nuisance)``."""
+    mdp, observed, reward, nuisance = problem
+    pool = candidate_queries(TabularTeacher(mdp), {"pref": 20, "demo": 4, "rating": 20, "stop": 20},
+                             np.random.default_rng(2), {"stop": {"lapse": 0.05}}, like=observed)
     return mdp, pool, reward, nuisance
 
 
@@ -163,8 +152,8 @@ def test_joint_gain_of_conditionally_independent_labels_matches_exact_enumeratio
 # -- a real small problem ----------------------------------------------------------------------------------------
 
 
-def test_gain_of_every_built_in_type_on_a_real_problem(problem):
-    mdp, pool, reward, nuisance = problem
+def test_gain_of_every_built_in_type_on_a_real_problem(problem_with_pool):
+    mdp, pool, reward, nuisance = problem_with_pool
     gain = query_information_gain(mdp, reward, ("state",), nuisance, pool.queries)
     assert gain.skipped == {}
     assert set(gain.eig) == set(TYPES)
@@ -190,8 +179,8 @@ def test_gain_of_every_built_in_type_on_a_real_problem(problem):
     np.testing.assert_array_equal(by_sum.eig["demo"], summed)
 
 
-def test_identical_posterior_draws_give_zero_gain_for_every_unit(problem):
-    mdp, pool, reward, nuisance = problem
+def test_identical_posterior_draws_give_zero_gain_for_every_unit(problem_with_pool):
+    mdp, pool, reward, nuisance = problem_with_pool
     same_reward = np.broadcast_to(reward[:1, :1], (1, 12, reward.shape[-1]))
     same_nuisance = {k: np.broadcast_to(v[:1, :1], (1, 12, *v.shape[2:])) for k, v in nuisance.items()}
     gain = query_information_gain(mdp, same_reward, ("state",), same_nuisance, pool.queries)
@@ -205,10 +194,10 @@ def test_identical_posterior_draws_give_zero_gain_for_every_unit(problem):
     assert query_information_gain(mdp, reward, ("state",), nuisance, pool.queries).eig["rating"].max() > 0.01
 
 
-def test_gain_from_evaluate_feedback_directly_is_never_negative(problem):
+def test_gain_from_evaluate_feedback_directly_is_never_negative(problem_with_pool):
     """The raw (chain, draw, unit, K) arrays, before any clipping: the smallest gain is >= -ROUND_OFF, and the
     function's clip is not what keeps the answer non-negative (the unclipped KL form is measured here)."""
-    mdp, pool, reward, nuisance = problem
+    mdp, pool, reward, nuisance = problem_with_pool
     evaluation = evaluate_feedback(mdp, reward, ("state",), nuisance, pool.queries, seed=0, log_likelihood=False,
                                    label_log_probs=True)
     for name in TYPES:
@@ -310,8 +299,8 @@ def test_select_batch_scores_each_query_given_the_ones_before_it():
     assert list(dear.type) == ["pref", "pref"] and set(dear.item) == {0, 1}
 
 
-def test_select_batch_on_a_real_problem_returns_k_distinct_queries(problem):
-    mdp, pool, reward, nuisance = problem
+def test_select_batch_on_a_real_problem_returns_k_distinct_queries(problem_with_pool):
+    mdp, pool, reward, nuisance = problem_with_pool
     evaluation = evaluate_feedback(mdp, reward, ("state",), nuisance, pool.queries, seed=0, log_likelihood=False,
                                    label_log_probs=True)
     items = {name: unit_items(name, pool.queries[name]) for name in TYPES}
