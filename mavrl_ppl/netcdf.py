@@ -1,10 +1,10 @@
 """The one NetCDF engine of every file the package reads or writes (feedback.nc, posterior.nc, the tables' ``.nc``).
 
-``netcdf4`` (the netCDF-C library) rather than ``h5netcdf`` (pure Python over h5py), measured on the default run's
-files (2 cores, AMD EPYC, 2026-12-03): feedback.nc (4 groups, 230 KB) read 0.08 s against 0.45-0.6 s and written
-0.10 s against 0.41-0.48 s; posterior.nc (3.8 MB) read 0.09 s against 0.54-0.60 s, written in the same ~1.1 s (zlib
-dominates). h5netcdf spends the difference in Python, resolving dimensions through h5py group lookups (~600 per
-group opened), which made the file I/O the larger part of the tests that assemble tables from run directories.
+``netcdf4`` (the netCDF-C library) rather than ``h5netcdf`` (pure Python over h5py): on the default run's files,
+side by side in one process (``benchmarks/netcdf_io.py``, RESULTS.md, 2026-12-03, 2 cores, medians of 5), writing
+feedback.nc took 0.27x h5netcdf's time, reading it 0.24x, writing posterior.nc 0.48x and reading it 0.34x. h5netcdf
+spends the difference in Python, resolving dimensions through h5py group lookups (~600 per group opened), which made
+the file I/O the larger part of the tests that assemble tables from run directories.
 Both write NetCDF-4 (HDF5) files that either library reads, so ``az.from_netcdf(path)`` with ArviZ's default engine
 (h5netcdf, kept as a dependency for it) opens every file written here, and files written by h5netcdf load here.
 """
