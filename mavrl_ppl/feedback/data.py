@@ -40,12 +40,14 @@ from mavrl_ppl.feedback.base import (
 from mavrl_ppl.netcdf import ENGINE, group_headers
 
 __all__ = [
+    "ANSWERED",
     "FeedbackDataError",
     "load_feedback",
     "parse_counts",
     "save_feedback",
     "schema",
     "simulate_feedback",
+    "unanswered_items",
     "validate_feedback",
 ]
 
@@ -183,7 +185,32 @@ def _check_index(dataset: xr.Dataset, name: str, mask: np.ndarray, upper: int | 
         raise _Problem(name, at[0], f"{what} {values[at]} at {position} ({where}) is {span}")
 
 
-def _check_group(feedback_type: FeedbackType, dataset: xr.Dataset) -> None:
+#: Optional ``(item,)`` bool variable of a query file (``python -m mavrl_ppl.experiments.active suggest``): False marks
+#: a query a person has not answered yet, whose label is a placeholder that no fit may read.
+ANSWERED = "answered"
+
+
+def unanswered_items(dataset: xr.Dataset) -> np.ndarray:
+    """``(n,)`` indices of the items whose ``answered`` flag is False (none when the data set has no such flag)."""
+    if ANSWERED not in dataset.variables:
+        return np.zeros(0, dtype=int)
+    return np.flatnonzero(~dataset[ANSWERED].values.astype(bool))
+
+
+def _check_answered(feedback_type: FeedbackType, dataset: xr.Dataset, allow_unanswered: bool) -> None:
+    if ANSWERED not in dataset.variables:
+        return
+    flag = dataset[ANSWERED]
+    if tuple(flag.dims) != ("item",) or flag.dtype != np.bool_:
+        raise _Problem(ANSWERED, None, f"must be a bool variable over ('item',), got {flag.dtype} over {flag.dims}")
+    missing = unanswered_items(dataset)
+    if len(missing) and not allow_unanswered:
+        shown = ", ".join(str(i) for i in missing[:10]) + (", ..." if len(missing) > 10 else "")
+        raise _Problem(ANSWERED, int(missing[0]), f"{len(missing)} of {dataset.sizes['item']} queries are unanswered "
+                       f"(items {shown}): fill in their {feedback_type.label!r} and set {ANSWERED!r} to True")
+
+
+def _check_group(feedback_type: FeedbackType, dataset: xr.Dataset, allow_unanswered: bool = False) -> None:
     """Every check of one group, in a fixed order; raises :class:`_Problem` on the first failure."""
     if not isinstance(dataset, xr.Dataset):
         raise _Problem(None, None, f"expected an xarray.Dataset, got {type(dataset).__name__}")
@@ -201,6 +228,7 @@ def _check_group(feedback_type: FeedbackType, dataset: xr.Dataset) -> None:
     num_states = _integer_attr(dataset.attrs, "num_states", required=False)
     if dataset.sizes["item"] == 0:
         raise _Problem(None, None, "the group holds no items")
+    _check_answered(feedback_type, dataset, allow_unanswered)  # before the labels: a placeholder is not the problem
     if "side" in dataset.sizes and dataset.sizes["side"] != 2:
         raise _Problem(None, None, f"dimension 'side' has size {dataset.sizes['side']}, expected 2")
 
@@ -233,18 +261,21 @@ def _check_group(feedback_type: FeedbackType, dataset: xr.Dataset) -> None:
         raise _Problem(variable, None if item is None or int(item) < 0 else int(item), reason)
 
 
-def validate_feedback(feedback: Mapping[str, xr.Dataset], path: str | os.PathLike | None = None) -> None:
+def validate_feedback(feedback: Mapping[str, xr.Dataset], path: str | os.PathLike | None = None, *,
+                      allow_unanswered: bool = False) -> None:
     """Check a feedback set against the registered types' schemas; raise on the first problem found.
 
     Groups are checked in the mapping's order. Within a group: missing variables, dims, dtypes, the
-    ``num_actions`` (and optional ``num_states``) attributes, empty groups and the ``side`` size, non-finite
-    floats, segments with no valid step (per item, and per side for preferences), action / next-action /
-    state indices, and last the type's own ``check`` (first problem in the order it reports them). Within
-    one check the smallest offending item is reported.
+    ``num_actions`` (and optional ``num_states``) attributes, empty groups and the ``side`` size, unanswered
+    queries (an optional ``answered`` flag per item, see :data:`ANSWERED`), non-finite floats, segments with no valid
+    step (per item, and per side for preferences), action / next-action / state indices, and last the type's own
+    ``check`` (first problem in the order it reports them). Within one check the smallest offending item is reported.
 
     Args:
         feedback: type name -> data set; names must be registered feedback types.
         path: the file the data came from or go to; only used in error messages.
+        allow_unanswered: accept items whose ``answered`` flag is False (a query file being filled in); their
+            placeholder labels must still be labels the type accepts. Fits never pass it.
 
     Raises:
         FeedbackDataError: naming the path, group, variable and item index of the first problem.
@@ -260,7 +291,7 @@ def validate_feedback(feedback: Mapping[str, xr.Dataset], path: str | os.PathLik
                 f"unknown feedback type (registered: {known})", path=path, group=str(name)
             ) from None
         try:
-            _check_group(feedback_type, dataset)
+            _check_group(feedback_type, dataset, allow_unanswered)
         except _Problem as problem:
             raise FeedbackDataError(
                 problem.reason, path=path, group=name, variable=problem.variable, item=problem.item
@@ -359,7 +390,8 @@ def _create_temp(directory: str, base: str) -> tuple[str, int]:
             continue
 
 
-def save_feedback(path: str | os.PathLike, feedback: Mapping[str, xr.Dataset]) -> None:
+def save_feedback(path: str | os.PathLike, feedback: Mapping[str, xr.Dataset], *,
+                  allow_unanswered: bool = False) -> None:
     """Validate a feedback set and write it atomically as one NetCDF file with one group per type.
 
     The file is written under a temporary name in the target's directory, flushed to disk and renamed over
@@ -370,12 +402,13 @@ def save_feedback(path: str | os.PathLike, feedback: Mapping[str, xr.Dataset]) -
         feedback: type name -> data set, as :func:`validate_feedback` accepts. Attributes may be numbers,
             strings, bools, numeric numpy arrays and lists of numbers or strings; all round-trip exactly
             through :func:`load_feedback`.
+        allow_unanswered: write a query file with unanswered items (:func:`validate_feedback`).
 
     Raises:
         FeedbackDataError: validation fails or an attribute cannot be stored; nothing is written then.
     """
     path = os.fspath(path)
-    validate_feedback(feedback, path)
+    validate_feedback(feedback, path, allow_unanswered=allow_unanswered)
     prepared = {}
     for name, dataset in feedback.items():
         try:
@@ -417,12 +450,14 @@ def _restore(name: str, dataset: xr.Dataset) -> xr.Dataset:
     return dataset
 
 
-def load_feedback(path: str | os.PathLike, groups: Sequence[str] | None = None) -> dict[str, xr.Dataset]:
+def load_feedback(path: str | os.PathLike, groups: Sequence[str] | None = None, *,
+                  allow_unanswered: bool = False) -> dict[str, xr.Dataset]:
     """Read the groups of a feedback file into memory, restore dtypes and attributes, validate the set.
 
     Args:
         path: a NetCDF-4 file written by :func:`save_feedback` (or by any tool that follows DESIGN §2).
         groups: read only these groups; ``None``: all.
+        allow_unanswered: read a query file with unanswered items, to fill them in (:func:`validate_feedback`).
 
     Returns:
         Type name -> data set, in the file's group order, fully loaded (no file handle stays open).
@@ -453,7 +488,7 @@ def load_feedback(path: str | os.PathLike, groups: Sequence[str] | None = None) 
         except Exception as exc:
             raise FeedbackDataError(f"cannot read the group: {exc}", path=path, group=name) from None
         feedback[name] = _restore(name, dataset)
-    validate_feedback(feedback, path)
+    validate_feedback(feedback, path, allow_unanswered=allow_unanswered)
     return feedback
 
 

@@ -494,3 +494,33 @@ def test_parse_counts_names_the_bad_piece(spec, piece):
 def test_parse_counts_unknown_type():
     with pytest.raises(ValueError, match=r"'ranking=4'.*unknown feedback type"):
         parse_counts("pref=1,ranking=4", known=["pref", "demo"])
+
+
+# ------------------------------------------------------------------------------------------ query files
+
+
+def test_unanswered_queries_are_refused_by_name_unless_allowed(fresh, tmp_path):
+    """A query file (``answered`` False on some items) is refused with the count and the items; allowed explicitly it
+    saves and loads, and once every item is answered it is ordinary data."""
+    n = fresh["pref"].sizes["item"]
+    flag = np.ones(n, dtype=bool)
+    flag[[5, 9]] = False
+    fresh["pref"] = fresh["pref"].assign(answered=("item", flag))
+    err = raises_at(fresh, "pref", "answered", 5, match=f"2 of {n} queries are unanswered (items 5, 9)")
+    assert "'preference'" in str(err)  # names the label to fill in
+    path = tmp_path / "queries.nc"
+    with pytest.raises(FeedbackDataError, match="unanswered"):
+        save_feedback(path, fresh)
+    assert not path.exists()
+    save_feedback(path, fresh, allow_unanswered=True)
+    with pytest.raises(FeedbackDataError, match="items 5, 9"):
+        load_feedback(path)
+    back = load_feedback(path, allow_unanswered=True)
+    assert back["pref"]["answered"].dtype == bool and list(np.flatnonzero(~back["pref"]["answered"].values)) == [5, 9]
+    back["pref"]["answered"].values[:] = True
+    validate_feedback(back)
+
+
+def test_an_answered_flag_of_the_wrong_kind_is_named(fresh):
+    fresh["rating"] = fresh["rating"].assign(answered=("item", np.ones(fresh["rating"].sizes["item"], dtype=int)))
+    raises_at(fresh, "rating", "answered", None, match="must be a bool variable")
