@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import signal
 import subprocess
@@ -12,6 +10,7 @@ import time
 
 import arviz as az
 import pytest
+from commands import fit_here
 
 TINY = ["--env", "grid_trap", "--env-size", "5", "--feedback", "pref=16,demo=1,rating=16,stop=32",
         "--max-steps", "40", "--num-posterior-samples", "50", "--quiet"]
@@ -21,20 +20,6 @@ OUTPUTS = {"config.json", "feedback.nc", "posterior.nc", "metrics.json", "reward
 def fit(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mavrl_ppl.fit", *args], capture_output=True, text=True,
                           timeout=600, check=False)
-
-
-def fit_here(*args: str) -> subprocess.CompletedProcess:
-    """The command's ``main`` in this process (no interpreter start and imports: ~5 s less per run on the 2-core
-    machine), with what it prints captured; for tests about what a run writes, not about the process."""
-    from mavrl_ppl.fit import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            status = main(list(args))
-        except SystemExit as exc:  # argparse's errors and --help
-            status = exc.code
-    return subprocess.CompletedProcess(["mavrl_ppl.fit", *args], status, out.getvalue(), err.getvalue())
 
 
 # Runs the fit command as ``python -m`` does and prints, last, the JAX/NumPyro modules it imported.

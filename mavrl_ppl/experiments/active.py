@@ -2,6 +2,8 @@
 
 ``python -m mavrl_ppl.experiments.active --env grid_trap --budget 64 --acquisition eig random fixed --seeds 0-9``
 
+(``python -m mavrl_ppl.experiments.active suggest RUN_DIR ...`` asks a person instead: :mod:`.suggest`.)
+
 One loop per env, seed and acquisition rule, each one task of the shared executor
 (:mod:`mavrl_ppl.experiments.executor`; ``--jobs`` local processes or ``--cluster``):
 
@@ -502,7 +504,8 @@ def _parse_counts(text: str) -> dict[str, int]:
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m mavrl_ppl.experiments.active``."""
     p = argparse.ArgumentParser(prog="python -m mavrl_ppl.experiments.active",
-                                description="Simulated active-query loops: ask, let the teacher answer, refit.")
+                                description="Simulated active-query loops: ask, let the teacher answer, refit. "
+                                "('... active suggest RUN_DIR --out FILE': the next queries for a person instead.)")
     p.add_argument("--env", nargs="+", default=["grid_trap"], help="tabular envs (default grid_trap)")
     p.add_argument("--env-size", type=int, default=None, help="grid side (default: the env's)")
     p.add_argument("--budget", type=float, default=64.0,
@@ -580,6 +583,11 @@ def main(argv: list[str] | None = None) -> int:
     from mavrl_ppl.errors import UsageError
     from mavrl_ppl.experiments.baseline_table import RecordError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["suggest"]:  # a person in the loop: mavrl_ppl.experiments.suggest
+        from mavrl_ppl.experiments.suggest import main as suggest_main
+
+        return suggest_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         specs = make_specs(args)
