@@ -144,10 +144,13 @@ def suggest_queries(run: Path | str, k: int, costs: Mapping[str, float], *, pool
         UsageError: not a finished tabular run, a type that cannot be offered, bad ``k``/``pool``/``draws``.
         FeedbackDataError: the run's ``feedback.nc`` does not validate.
     """
+    import xarray as xr
+
     from mavrl_ppl.analysis.acquisition import candidate_queries, select_batch, unit_items
     from mavrl_ppl.analysis.predictive import evaluate_feedback
     from mavrl_ppl.experiments.active import concat_feedback
     from mavrl_ppl.feedback import TabularTeacher, get_feedback_type
+    from mavrl_ppl.netcdf import ENGINE
     from mavrl_ppl.runs import load_plugins, load_run
 
     for flag, value in (("k", k), ("pool", pool), ("draws", draws)):
@@ -168,7 +171,9 @@ def suggest_queries(run: Path | str, k: int, costs: Mapping[str, float], *, pool
     names, not_offered = offered_types(data, costs)
     candidates = candidate_queries(TabularTeacher(mdp), {name: pool for name in names}, _rng(seed, "pool"),
                                    settings=loaded.config.get("simulate") or None, like=data).queries
-    reward, dims, nuisance = posterior_draws(loaded.posterior().posterior, draws)
+    # The posterior group only: a NUTS run's log-likelihood and predictive groups are far larger and not needed.
+    reward, dims, nuisance = posterior_draws(
+        xr.load_dataset(Path(run) / "posterior.nc", group="posterior", engine=ENGINE), draws)
     evaluation = evaluate_feedback(mdp, reward, dims, nuisance, candidates, seed=seed, log_likelihood=False,
                                    label_log_probs=True)
     scored = [name for name in names if name in evaluation.label_log_probs]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import xarray as xr
 from commands import fit_here, run_here
 
 from mavrl_ppl.experiments.active import main as active_main
+from mavrl_ppl.experiments.suggest import suggest_queries
 from mavrl_ppl.feedback import get_feedback_type
-from mavrl_ppl.feedback.data import FeedbackDataError, load_feedback, save_feedback
+from mavrl_ppl.feedback.data import FeedbackDataError, load_feedback, save_feedback, validate_feedback
 
 TINY = ["--env", "grid_trap", "--env-size", "3", "--feedback", "pref=8,demo=1,rating=8,stop=8", "--max-steps", "30",
         "--num-posterior-samples", "60", "--quiet"]
@@ -115,3 +118,21 @@ def test_unreadable_query_file_stays_a_feedback_error(queries):
     path, _ = queries
     with pytest.raises(FeedbackDataError, match="answered"):
         load_feedback(path)
+
+
+def test_a_user_registered_type_is_asked_with_no_extra_code(tmp_path):
+    """The run's --plugin is imported again; its type's candidates are scored and picked like the built-in ones, with a
+    placeholder label its own check accepts (the file validates once the flags say answered)."""
+    plugin = Path(__file__).resolve().parents[2] / "examples" / "plackett_luce.py"
+    run = tmp_path / "run"
+    done = fit_here("--plugin", str(plugin), "--env", "grid_trap", "--env-size", "3", "--feedback",
+                    "ranking=12,pref=4", "--max-steps", "20", "--num-posterior-samples", "40", "--quiet",
+                    "--out", str(run))
+    assert done.returncode == 0, done.stderr
+    result = suggest_queries(run, 3, {"ranking": 1.0}, pool=12, draws=30)
+    assert list(result.offered) == ["ranking"] and result.not_offered == {}  # pref has no cost: not asked
+    assert [p["type"] for p in result.picks] == ["ranking"] * 3
+    ranking = result.feedback["ranking"]
+    assert list(np.flatnonzero(~ranking["answered"].values)) == [12, 13, 14]
+    ranking["answered"].values[:] = True
+    validate_feedback(result.feedback)  # the placeholders are rankings the type accepts
