@@ -359,20 +359,26 @@ class Fitted(NamedTuple):
     model: Any = None
 
 
-def fit_problem(problem: Problem, *, progress: bool = False, checkpoint: Path | None = None) -> Fitted:
+def fit_problem(problem: Problem, *, progress: bool = False, checkpoint: Path | None = None,
+                init_params: Mapping[str, Any] | None = None) -> Fitted:
     """Fit ``problem`` with ``config["inference"]`` and evaluate the learned reward.
 
     Args:
         problem: :func:`make_problem`'s result.
         progress: progress bars.
         checkpoint: SVI keeps its best state here while training (``None``: in memory).
+        init_params: SVI only: start from an earlier fit's parameters (a warm start, see
+            :func:`~mavrl_ppl.inference.svi.fit_svi`); after an SVI fit Pyro's param store holds its best state.
     """
     if problem.config["inference"] == "nuts":
+        if init_params is not None:
+            raise ValueError("init_params (a warm start) is an SVI setting; NUTS starts from its own init")
         return _fit_nuts(problem, progress)
-    return _fit_svi(problem, progress, checkpoint)
+    return _fit_svi(problem, progress, checkpoint, init_params)
 
 
-def _fit_svi(problem: Problem, progress: bool, checkpoint: Path | None) -> Fitted:
+def _fit_svi(problem: Problem, progress: bool, checkpoint: Path | None,
+             init_params: Mapping[str, Any] | None = None) -> Fitted:
     import torch
 
     from mavrl_ppl.analysis.posterior import build_inference_data, svi_history
@@ -384,7 +390,7 @@ def _fit_svi(problem: Problem, progress: bool, checkpoint: Path | None) -> Fitte
     settings = SVISettings(**{**config["svi"], "progress_bar": progress})
     torch.set_num_threads(1)  # tiny networks: threads cost more than they give, and one thread is reproducible
     try:
-        result = fit_svi(feedback, settings, seed=seed, checkpoint=checkpoint, mdp=mdp)
+        result = fit_svi(feedback, settings, seed=seed, checkpoint=checkpoint, mdp=mdp, init_params=init_params)
     except TrainingDivergedError as exc:
         raise RuntimeError(str(exc)) from exc
     if checkpoint is not None:

@@ -23,9 +23,10 @@ One loop per env, seed and acquisition rule, each one task of the shared executo
    - ``fixed``: the paper's fixed allocation, asked incrementally: per query the affordable type whose count is
      furthest below its share of the paper's counts (pref 64, demo 1, rating 64, stop 256), a uniform query of it.
 
-   The chosen queries with their labels are appended to the data and the next round refits from scratch (no warm
-   start: :func:`mavrl_ppl.runs.fit_problem` has no hook for an initial state, and a fit of a 4x4 or 10x10 grid's
-   data takes seconds), until the budget left buys no query (or the pools are empty).
+   The chosen queries with their labels are appended to the data and the next round refits, from scratch or, with
+   ``--warm-start``, from the previous round's fitted parameters (the optimiser afresh; the held-out split is drawn
+   again over the grown data, so items the previous fit trained on may now be held out: its first validation passes
+   read a little optimistic), until the budget left buys no query (or the pools are empty).
 3. Every round records ``{round, cost, counts, normalized_score, epic, regret, asked, ...}``: ``cost`` and
    ``counts`` of the data it fitted, the fit's metrics, the queries it then asked (type, pool item, cost, gain) and
    the seconds of the fit and of drawing and scoring the pool.
@@ -35,9 +36,10 @@ from a stream of its own, so every rule is offered the same candidates in the sa
 the gain's Monte Carlo from ``(seed, env, rule, round)``; every fit from the seed. A rerun gives the same records.
 
 Resumable: after each round its data for the next round are written (``round<r>.nc``,
-:func:`~mavrl_ppl.feedback.data.save_feedback`, atomic) and then its record (``round<r>.json``, atomic) under
-``OUT/records/<env>/<rule>/seed<S>/``; every round's data are read back from that file before the next fit, so a
-rerun that continues after the last finished round fits exactly what an uninterrupted loop fits. ``settings.json``
+:func:`~mavrl_ppl.feedback.data.save_feedback`, atomic), with ``--warm-start`` its fitted parameters
+(``round<r>.pt``), and then its record (``round<r>.json``, atomic) under ``OUT/records/<env>/<rule>/seed<S>/``; every
+round's data (and parameters) are read back from those files before the next fit, so a rerun that continues after
+the last finished round fits exactly what an uninterrupted loop fits. ``settings.json``
 there holds what the records depend on; a different setting into the same ``--out`` is refused (exit 2).
 
 Outputs in ``OUT``: ``active.md`` (per env and rule: the score at the budget and the cost at which the score first
@@ -163,6 +165,7 @@ class LoopSpec:
         env_size: grid side (``None``: the env's).
         svi: ``[svi]`` settings of every fit.
         eig_draws: posterior draws the gain is computed from (the first ones).
+        warm_start: each refit starts from the previous round's fitted parameters (kept as ``round<r>.pt``).
     """
 
     env: str
@@ -177,6 +180,7 @@ class LoopSpec:
     env_size: int | None = None
     svi: Mapping[str, Any] = field(default_factory=dict)
     eig_draws: int = 100
+    warm_start: bool = False
 
     @property
     def name(self) -> str:
@@ -187,7 +191,7 @@ class LoopSpec:
         return {"env": self.env, "seed": int(self.seed), "acquisition": self.acquisition,
                 "budget": float(self.budget), "costs": dict(self.costs), "start": self.start,
                 "batch": int(self.batch), "pool": int(self.pool), "env_size": self.env_size,
-                "svi": dict(self.svi), "eig_draws": int(self.eig_draws)}
+                "svi": dict(self.svi), "eig_draws": int(self.eig_draws), "warm_start": bool(self.warm_start)}
 
 
 def loop_directory(records: Path, env: str, acquisition: str, seed: int) -> Path:
@@ -206,6 +210,27 @@ def _write_json(path: Path, record: Mapping[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(record, indent=1, sort_keys=True, default=float) + "\n")
     os.replace(tmp, path)
+
+
+def _save_params(path: Path, params: Mapping[str, Any]) -> None:
+    """A fit's parameters (tensors by name), atomically."""
+    import torch
+
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(dict(params), tmp)
+    os.replace(tmp, path)
+
+
+def _load_params(path: Path) -> dict[str, Any]:
+    """What :func:`_save_params` wrote (``weights_only``: nothing in the file is run)."""
+    import torch
+
+    from mavrl_ppl.errors import DamagedFileError
+
+    try:
+        return dict(torch.load(path, weights_only=True))
+    except Exception as exc:  # written atomically, so damage is not ours: say so (a missing file redoes the round)
+        raise DamagedFileError(path, f"cannot read the round's parameters ({type(exc).__name__}: {exc})") from None
 
 
 def check_settings(spec: LoopSpec) -> None:
@@ -231,13 +256,14 @@ def check_settings(spec: LoopSpec) -> None:
     _write_json(path, wanted)
 
 
-def finished_rounds(directory: Path) -> list[dict[str, Any]]:
-    """The records of rounds 0, 1, ... that are complete (record and next data present), up to the first gap."""
+def finished_rounds(directory: Path, warm_start: bool = False) -> list[dict[str, Any]]:
+    """The records of rounds 0, 1, ... that are complete (record and next data present, and with ``warm_start`` the
+    fitted parameters), up to the first gap."""
     rounds = []
     while True:
         r = len(rounds)
         record, data = directory / f"round{r}.json", directory / f"round{r}.nc"
-        if not (record.is_file() and data.is_file()):
+        if not (record.is_file() and data.is_file() and (not warm_start or (directory / f"round{r}.pt").is_file())):
             return rounds
         try:
             rounds.append(json.loads(record.read_text()))
@@ -304,9 +330,10 @@ def run_loop(spec: LoopSpec, progress: bool = False) -> list[dict[str, Any]]:
     directory.mkdir(parents=True, exist_ok=True)
     config = resolve_config({"inference": "svi", "env": spec.env, "env_size": spec.env_size, "seed": spec.seed,
                              "feedback": spec.start, "svi": dict(spec.svi)})
-    rounds = finished_rounds(directory)
+    rounds = finished_rounds(directory, spec.warm_start)
     if rounds and rounds[-1]["final"]:
         return rounds
+    warm = _load_params(directory / f"round{len(rounds) - 1}.pt") if rounds and spec.warm_start else None
     if rounds:  # the env as make_problem builds it; the data are the loop's
         mdp = make_tabular(spec.env, size=config["env_size"], p_rand=config["p_rand"])
         data = load_feedback(directory / f"round{len(rounds) - 1}.nc")
@@ -319,7 +346,12 @@ def run_loop(spec: LoopSpec, progress: bool = False) -> list[dict[str, Any]]:
         t0 = time.perf_counter()
         counts = _counts(data)
         cost = _cost(counts, spec.costs)
-        fitted = fit_problem(Problem(config, mdp, data), progress=progress)
+        fitted = fit_problem(Problem(config, mdp, data), progress=progress, init_params=warm)
+        if spec.warm_start:  # the fit's best state is in Pyro's param store; kept for the next round (and a rerun)
+            from mavrl_ppl.inference.training import snapshot
+
+            warm = snapshot()
+            _save_params(directory / f"round{r}.pt", warm)
         m = fitted.metrics
         left = spec.budget - cost
         affordable = [t for t in spec.costs if spec.costs[t] <= left + 1e-9]
@@ -519,6 +551,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", type=int, default=32, help="candidates per type per round (default 32)")
     p.add_argument("--target", type=float, default=95.0, help="score whose cost the table reports (default 95)")
     p.add_argument("--eig-draws", type=int, default=100, help="posterior draws the gain uses (default 100)")
+    p.add_argument("--warm-start", action="store_true",
+                   help="each refit starts from the previous round's fitted parameters (default: from scratch)")
     p.add_argument("--seeds", nargs="+", default=["0-9"], help="seeds: ranges and lists, e.g. 0-9 or 0,3,5")
     p.add_argument("--out", type=Path, required=True, help="output directory (records/, active.md, active.png)")
     p.add_argument("--jobs", type=int, default=None, help="parallel loops (default: number of cores)")
@@ -572,7 +606,7 @@ def make_specs(args: argparse.Namespace) -> list[LoopSpec]:
         resolve_config({"svi": svi}, source=str(args.svi_config))
     out = Path(args.out) if args.cluster is None else Path(args.out).absolute()
     return [LoopSpec(env, seed, rule, float(args.budget), costs, args.start, int(args.batch), int(args.pool),
-                     out / "records", args.env_size, svi, int(args.eig_draws))
+                     out / "records", args.env_size, svi, int(args.eig_draws), bool(args.warm_start))
             for env in envs for rule in rules for seed in seeds]
 
 

@@ -112,6 +112,7 @@ def fit_svi(
     state_features: np.ndarray | None = None,
     mdp: TabularMDP | None = None,
     on_evaluate: OnEvaluate | None = None,
+    init_params: Mapping[str, torch.Tensor] | None = None,
 ) -> SVIResult:
     """Fit the joint model to a (validated) feedback set by amortized SVI.
 
@@ -129,6 +130,9 @@ def fit_svi(
             without known dynamics): the Q-network, whatever ``q_model`` says.
         on_evaluate: called after every validation pass with the step, the model (current state) and the held-out
             negative log-likelihood per type, e.g. to log, plot or prune (raise to stop the fit).
+        init_params: a warm start: an earlier fit's parameters (:func:`~mavrl_ppl.inference.training.snapshot`,
+            unconstrained) to start from instead of the initialisation (:meth:`Trainer.warm_start`); a checkpoint
+            resumed with ``resume`` wins over them.
 
     Raises:
         DamagedFileError: with ``resume``, a checkpoint that is damaged, not one of this library (it is read with
@@ -142,6 +146,8 @@ def fit_svi(
     minibatches = Minibatches(split.train, settings.batch_size, torch.Generator().manual_seed(seed))
     trainer = Trainer(model, settings, minibatches, split.held_out, seed=seed, checkpoint=checkpoint,
                       on_evaluate=on_evaluate)
+    if init_params is not None:
+        trainer.warm_start(init_params)
     start_step = trainer.resume() if resume else 0
     t0 = time.perf_counter()
     steps = trainer.run(start_step)

@@ -182,6 +182,26 @@ class Trainer:
         self.history: dict = {"elbo": [], "validation": [], "validation_step": []}
         self.best = Best(math.inf, 0, 0, snapshot())
 
+    def warm_start(self, params: Mapping[str, torch.Tensor]) -> int:
+        """Start from ``params`` (a :func:`snapshot` of an earlier fit, e.g. of the same model on fewer items) instead
+        of the initialisation; the optimiser starts afresh. Parameters this model has and ``params`` lacks (a feedback
+        type new in this data) keep their initial values. Returns how many were copied.
+
+        Raises:
+            ValueError: a parameter of the same name with another shape (another model or settings).
+        """
+        store = dict(pyro.get_param_store().named_parameters())
+        clash = [k for k, v in params.items() if k in store and tuple(v.shape) != tuple(store[k].shape)]
+        if clash:
+            raise ValueError(f"warm start: parameter {clash[0]!r} has shape {tuple(params[clash[0]].shape)}, this "
+                             f"model's {tuple(store[clash[0]].shape)} (another model or settings?)")
+        with torch.no_grad():
+            for k, v in params.items():
+                if k in store:
+                    store[k].copy_(v)
+        self.best = Best(math.inf, 0, 0, snapshot())
+        return sum(k in store for k in params)
+
     def resume(self) -> int:
         """Continue from the checkpoint if it exists; the step to start from (0 without one)."""
         if self.checkpoint is None or not Path(self.checkpoint).exists():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 
@@ -146,3 +147,23 @@ def test_records_made_with_other_settings_are_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "other settings" in err and "\n" not in err
     assert not list(directory.glob("round*"))
+
+
+def test_warm_start_is_used_and_a_rerun_after_losing_rounds_reproduces_them(finished, tmp_path):
+    """With --warm-start each round keeps its fitted parameters (round<r>.pt) and the next fit starts from them: the
+    records differ from the cold loop's on the same pools, and a rerun that lost the last two rounds (record and
+    parameters) redoes them exactly from the files."""
+    summary = finished[2]
+    s = replace(spec(tmp_path / "warm", "random"), warm_start=True)
+    rounds = run_loop(s)
+    directory = loop_directory(s.records, "grid_trap", "random", 0)
+    assert sorted(p.name for p in directory.glob("round*.pt")) == [f"round{r}.pt" for r in range(len(rounds))]
+    cold = summary["results"][("grid_trap", "random", 0)]
+    assert [r["asked"] for r in rounds][:1] == [r["asked"] for r in cold][:1]  # round 0: same start, same fit
+    assert [without_timing(r) for r in rounds[1:]] != [without_timing(r) for r in json.loads(json.dumps(cold))[1:]]
+    last = len(rounds) - 1
+    for r in (last - 1, last):
+        (directory / f"round{r}.json").unlink()
+    (directory / f"round{last}.pt").unlink()
+    again = run_loop(s)
+    assert [without_timing(r) for r in again] == [without_timing(r) for r in json.loads(json.dumps(rounds))]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyro
 import pytest
@@ -132,3 +134,28 @@ def test_bad_settings_are_rejected():
         fit_svi(feedback, SVISettings(progress_bar=False, q_model="oracle"), seed=0, mdp=mdp)
     with pytest.raises(ValueError, match="planner"):
         fit_svi(feedback, SVISettings(progress_bar=False, encoder_input="state_action"), seed=0, mdp=mdp)
+
+
+def test_a_warm_start_begins_at_the_given_parameters_and_refuses_another_models():
+    """After one step a warm-started fit's parameters are within one Adam step of the earlier fit's (Adam's first
+    update moves each coordinate by at most the learning rate, 0.03 here: bias-corrected |m / sqrt(v)| = 1), while a
+    cold start's are far from them; a parameter of another shape is refused by name."""
+    from mavrl_ppl.inference.training import snapshot
+
+    mdp, feedback = simulate("grid_sparse", 3, "pref=16,stop=16", seed=0)
+    fit_svi(feedback, SVISettings(progress_bar=False, max_steps=40, eval_every=20), seed=0, mdp=mdp)
+    trained = snapshot()
+    fewer = {name: ds.isel(item=slice(0, 8)) for name, ds in feedback.items()}
+    one_step = SVISettings(progress_bar=False, max_steps=1, eval_every=1, learning_rate=0.03)
+    after: dict[str, dict] = {}
+
+    def distance_from_trained(init):
+        fit_svi(fewer, one_step, seed=1, mdp=mdp, init_params=init,
+                on_evaluate=lambda step, model, losses: after.update(params=snapshot()))
+        return max(float((after["params"][k] - v).abs().max()) for k, v in trained.items())
+
+    assert distance_from_trained(trained) <= 0.03 + 1e-6
+    assert distance_from_trained(None) > 0.3
+    name = next(iter(trained))
+    with pytest.raises(ValueError, match=re.escape(f"warm start: parameter {name!r} has shape")):
+        fit_svi(fewer, one_step, seed=1, mdp=mdp, init_params={name: torch.zeros(7, 3, 2)})
