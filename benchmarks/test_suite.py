@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import psutil  # a dependency of dask.distributed
-from _common import machine, write_section
+from _common import kept_notes, machine, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADER = "## Default test suite: time and peak memory (issue 18)"
@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
               "The speed probe is a fixed pure-Python loop (SPEED_PROBE in the script): larger is a slower machine.",
               "",
               "Slowest tests of the last run:", "", "```", *runs[-1]["slowest"], "```"]
+    notes = kept_notes(HEADER)  # hand-written history and analysis, kept across rewrites
+    if notes:
+        lines += ["", notes]
     if not args.no_write:
         write_section("\n".join(lines), HEADER)
     return 0 if all(r["exit"] == 0 for r in runs) else 1
