@@ -212,17 +212,9 @@ def _write_json(path: Path, record: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _save_params(path: Path, params: Mapping[str, Any]) -> None:
-    """A fit's parameters (tensors by name), atomically."""
-    import torch
-
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(dict(params), tmp)
-    os.replace(tmp, path)
-
-
 def _load_params(path: Path) -> dict[str, Any]:
-    """What :func:`_save_params` wrote (``weights_only``: nothing in the file is run)."""
+    """A round's parameters as :func:`~mavrl_ppl.inference.training.save_checkpoint` wrote them (``weights_only``:
+    nothing in the file is run)."""
     import torch
 
     from mavrl_ppl.errors import DamagedFileError
@@ -348,10 +340,10 @@ def run_loop(spec: LoopSpec, progress: bool = False) -> list[dict[str, Any]]:
         cost = _cost(counts, spec.costs)
         fitted = fit_problem(Problem(config, mdp, data), progress=progress, init_params=warm)
         if spec.warm_start:  # the fit's best state is in Pyro's param store; kept for the next round (and a rerun)
-            from mavrl_ppl.inference.training import snapshot
+            from mavrl_ppl.inference.training import save_checkpoint, snapshot
 
             warm = snapshot()
-            _save_params(directory / f"round{r}.pt", warm)
+            save_checkpoint(directory / f"round{r}.pt", warm)  # atomic, tensors only
         m = fitted.metrics
         left = spec.budget - cost
         affordable = [t for t in spec.costs if spec.costs[t] <= left + 1e-9]
