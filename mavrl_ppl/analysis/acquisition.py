@@ -61,12 +61,14 @@ from mavrl_ppl.feedback.ops import logsumexp
 __all__ = [
     "JOINT_ELEMENTS",
     "ROUND_OFF",
+    "BatchChoice",
     "CandidatePool",
     "InformationGain",
     "JointInformationGain",
     "QueryGain",
     "Selection",
     "candidate_queries",
+    "choose_queries",
     "information_gain",
     "item_information_gain",
     "joint_information_gain",
@@ -74,6 +76,7 @@ __all__ = [
     "query_information_gain",
     "select_batch",
     "select_queries",
+    "thinned_draws",
     "unit_items",
 ]
 
@@ -516,6 +519,7 @@ def select_batch(
     k: int,
     rng: np.random.Generator,
     samples: int = 1024,
+    budget: float | None = None,
 ) -> Selection:
     """A batch of ``k`` queries chosen greedily by the gain of each query GIVEN the queries already in the batch, per
     unit cost (BatchBALD, Kirsch et al. 2019): redundancy between different queries is accounted for.
@@ -541,6 +545,8 @@ def select_batch(
         k: batch size (>= 0); fewer when there are fewer candidate items.
         rng: the Monte Carlo's randomness.
         samples: label sequences drawn per draw-sample.
+        budget: the batch's total cost at most this (``None``: no limit): a step picks only among the candidates
+            whose cost fits in what is left, and the batch ends early when none does.
 
     Returns:
         :class:`Selection` in the order picked; ``eig`` is each query's gain given the ones before it (Monte Carlo,
@@ -576,19 +582,91 @@ def select_batch(
     current = 0.0
     taken = np.zeros(len(item), dtype=bool)
     picked, gains = [], []
+    left = np.inf if budget is None else float(budget)
     for _ in range(min(k, len(item))):  # the greedy steps; each is vectorised over draws, samples and candidates
+        open_ = ~taken & (cost <= left + 1e-9)
+        if not open_.any():
+            break
         total = batch[:, :, None] + candidates
         own = total[draw, np.arange(samples)]  # (samples, candidate)
         top = total.max(axis=0)
         joint = (own - (top + np.log(np.exp(total - top).mean(axis=0)))).mean(axis=0)  # (candidate,)
-        gain = np.where(taken, -np.inf, joint - current)
+        gain = np.where(open_, joint - current, -np.inf)
         score = gain / cost
         best = int(np.flatnonzero(score == score.max())[0])  # ties: the type listed first, then the lower item
         picked.append(best)
         gains.append(max(float(gain[best]), 0.0))
         taken[best] = True
+        left -= cost[best]
         batch = batch + candidates[:, :, best]
         current = float(joint[best])
     order = np.asarray(picked, dtype=int)
     eig = np.asarray(gains)
     return Selection(np.asarray(names, dtype=object)[kind[order]], item[order], eig, cost[order], eig / cost[order])
+
+
+def thinned_draws(posterior: xr.Dataset, draws: int) -> tuple[np.ndarray, tuple[str, ...], dict[str, np.ndarray]]:
+    """``draws`` evenly spaced draws over all chains of a posterior group (``reward`` plus nuisance sites).
+
+    Returns:
+        reward ``(1, n, *reward_dims)``, its ``reward_dims``, nuisance site -> ``(1, n, ...)``.
+    """
+    reward = posterior["reward"]
+    total = reward.sizes["chain"] * reward.sizes["draw"]
+    pick = np.unique(np.linspace(0, total - 1, min(draws, total)).round().astype(int))
+
+    def thinned(values: np.ndarray) -> np.ndarray:
+        return values.reshape(total, *values.shape[2:])[pick][None]
+
+    nuisance = {name: thinned(posterior[name].values) for name in posterior.data_vars if name != "reward"}
+    return thinned(reward.values), tuple(reward.dims[2:]), nuisance
+
+
+class BatchChoice(NamedTuple):
+    """What :func:`choose_queries` returns.
+
+    Attributes:
+        selection: the batch in the order picked (:func:`select_batch`).
+        skipped: type name -> why its candidates were not scored (labels that cannot be enumerated).
+        draws: posterior draws the gains were computed at.
+    """
+
+    selection: Selection
+    skipped: dict[str, str]
+    draws: int
+
+
+def choose_queries(
+    mdp: TabularMDP,
+    posterior: xr.Dataset,
+    queries: Mapping[str, xr.Dataset],
+    costs: Mapping[str, float],
+    k: int,
+    *,
+    draws: int = 100,
+    seed: int = 0,
+    budget: float | None = None,
+) -> BatchChoice:
+    """The next ``k`` queries from candidate pools at a fitted posterior: label probabilities at ``draws`` evenly
+    spaced draws (:func:`thinned_draws`, :func:`~mavrl_ppl.analysis.predictive.evaluate_feedback`), then BatchBALD
+    per unit cost (:func:`select_batch`). The one rule of both the simulated loop and ``active suggest``.
+
+    Args:
+        mdp: the tabular env.
+        posterior: a posterior group (``reward`` and nuisance sites, ``(chain, draw, ...)``).
+        queries: type name -> candidate queries (:attr:`CandidatePool.queries`); every type needs a cost.
+        costs: type name -> cost of one query (positive, finite).
+        k: batch size (>= 0).
+        draws: posterior draws the gains are computed at.
+        seed: seeds the predictive draws and the Monte Carlo.
+        budget: the batch's total cost at most this (``None``: no limit).
+    """
+    reward, dims, nuisance = thinned_draws(posterior, draws)
+    evaluation = evaluate_feedback(mdp, reward, dims, nuisance, queries, seed=seed, log_likelihood=False,
+                                   label_log_probs=True)
+    scored = [name for name in queries if name in evaluation.label_log_probs]
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), zlib.crc32(b"select")]))
+    selection = select_batch({name: evaluation.label_log_probs[name] for name in scored},
+                             {name: unit_items(name, queries[name]) for name in scored},
+                             {name: costs[name] for name in scored}, k, rng, budget=budget)
+    return BatchChoice(selection, dict(evaluation.skipped), reward.shape[1])

@@ -16,9 +16,9 @@ One loop per env, seed and acquisition rule, each one task of the shared executo
    attributes); the pool items' teacher labels are the person's answers. ``--batch`` queries are chosen, never more
    than the budget left:
 
-   - ``eig``: expected information gain per unit cost at the current posterior's draws
-     (:func:`~mavrl_ppl.analysis.acquisition.query_information_gain`, a demonstration's steps jointly), best first,
-     each query alone (:func:`~mavrl_ppl.analysis.acquisition.select_queries`' rule: no BatchBALD across the batch);
+   - ``eig``: expected information gain per unit cost at ``--eig-draws`` of the current posterior's draws, each pick
+     scored given the earlier picks of the batch (BatchBALD, a demonstration's steps jointly; the rule of
+     ``active suggest`` too: :func:`~mavrl_ppl.analysis.acquisition.choose_queries`), within the budget left;
    - ``random``: per query a type uniformly among those affordable with the budget left, then a uniform query of it;
    - ``fixed``: the paper's fixed allocation, asked incrementally: per query the affordable type whose count is
      furthest below its share of the paper's counts (pref 64, demo 1, rating 64, stop 256), a uniform query of it.
@@ -164,7 +164,7 @@ class LoopSpec:
         records: this loop's record directory.
         env_size: grid side (``None``: the env's).
         svi: ``[svi]`` settings of every fit.
-        eig_draws: posterior draws the gain is computed from (the first ones).
+        eig_draws: posterior draws the gain is computed from (evenly spaced).
         warm_start: each refit starts from the previous round's fitted parameters (kept as ``round<r>.pt``).
     """
 
@@ -277,24 +277,13 @@ def _choose(spec: LoopSpec, round_index: int, mdp: Any, fitted: Any, pool: Mappi
     available = {t: list(range(ds.sizes["item"])) for t, ds in pool.items() if ds.sizes["item"]}
     picks: list[dict[str, Any]] = []
     if spec.acquisition == "eig":
-        from mavrl_ppl.analysis.acquisition import query_information_gain, select_queries
+        from mavrl_ppl.analysis.acquisition import choose_queries
 
-        posterior = fitted.idata.posterior
-        draws = min(spec.eig_draws, posterior.sizes["draw"])
-        reward = posterior["reward"].values[:, :draws]
-        nuisance = {name: posterior[name].values[:, :draws] for name in posterior.data_vars if name != "reward"}
-        gain = query_information_gain(mdp, reward, posterior["reward"].dims[2:], nuisance,
-                                      {t: pool[t] for t in available}, seed=int(rng.integers(2**31)))
-        eig = {t: gain.eig[t] for t in available if t in gain.eig}
-        order = select_queries(eig, spec.costs, sum(len(v) for v in eig.values()))
-        for name, item, value in zip(order.type, order.item, order.eig, strict=True):
-            cost = float(spec.costs[name])
-            if len(picks) == spec.batch:
-                break
-            if cost <= left + 1e-9:
-                picks.append({"type": str(name), "item": int(item), "cost": cost, "eig": float(value)})
-                left -= cost
-        return picks
+        chosen = choose_queries(mdp, fitted.idata.posterior, {t: pool[t] for t in available}, spec.costs,
+                                spec.batch, draws=spec.eig_draws, seed=int(rng.integers(2**31)), budget=left)
+        return [{"type": str(name), "item": int(item), "cost": float(cost), "eig": float(value)}
+                for name, item, cost, value in zip(*chosen.selection[:2], chosen.selection.cost,
+                                                  chosen.selection.eig, strict=True)]
     counts = dict(counts)
     while len(picks) < spec.batch:
         affordable = [t for t in spec.costs if available.get(t) and spec.costs[t] <= left + 1e-9]

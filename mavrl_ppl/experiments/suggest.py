@@ -90,21 +90,6 @@ def offered_types(data: Mapping[str, Any], costs: Mapping[str, float]) -> tuple[
     return names, skipped
 
 
-def posterior_draws(posterior: Any, draws: int) -> tuple[np.ndarray, tuple[str, ...], dict[str, np.ndarray]]:
-    """``draws`` evenly spaced draws over all chains: reward ``(1, n, ...)``, its dims, nuisance sites
-    ``(1, n, ...)``."""
-    reward = posterior["reward"]
-    total = reward.sizes["chain"] * reward.sizes["draw"]
-    pick = np.unique(np.linspace(0, total - 1, min(draws, total)).round().astype(int))
-
-    def thinned(values: np.ndarray) -> np.ndarray:
-        flat = values.reshape(total, *values.shape[2:])
-        return flat[pick][None]
-
-    nuisance = {name: thinned(posterior[name].values) for name in posterior.data_vars if name != "reward"}
-    return thinned(reward.values), tuple(reward.dims[2:]), nuisance
-
-
 def _placeholders(name: str, dataset: Any) -> np.ndarray:
     """A label per item that the type accepts (the first of its enumerated labels possible for that item)."""
     from mavrl_ppl.analysis.predictive import label_space
@@ -146,8 +131,7 @@ def suggest_queries(run: Path | str, k: int, costs: Mapping[str, float], *, pool
     """
     import xarray as xr
 
-    from mavrl_ppl.analysis.acquisition import candidate_queries, select_batch, unit_items
-    from mavrl_ppl.analysis.predictive import evaluate_feedback
+    from mavrl_ppl.analysis.acquisition import candidate_queries, choose_queries
     from mavrl_ppl.experiments.active import concat_feedback
     from mavrl_ppl.feedback import TabularTeacher, get_feedback_type
     from mavrl_ppl.netcdf import ENGINE
@@ -172,17 +156,14 @@ def suggest_queries(run: Path | str, k: int, costs: Mapping[str, float], *, pool
     candidates = candidate_queries(TabularTeacher(mdp), {name: pool for name in names}, _rng(seed, "pool"),
                                    settings=loaded.config.get("simulate") or None, like=data).queries
     # The posterior group only: a NUTS run's log-likelihood and predictive groups are far larger and not needed.
-    reward, dims, nuisance = posterior_draws(
-        xr.load_dataset(Path(run) / "posterior.nc", group="posterior", engine=ENGINE), draws)
-    evaluation = evaluate_feedback(mdp, reward, dims, nuisance, candidates, seed=seed, log_likelihood=False,
-                                   label_log_probs=True)
-    scored = [name for name in names if name in evaluation.label_log_probs]
-    not_offered.update(evaluation.skipped)
+    posterior = xr.load_dataset(Path(run) / "posterior.nc", group="posterior", engine=ENGINE)
+    choice = choose_queries(mdp, posterior, {name: candidates[name] for name in names}, costs, k, draws=draws,
+                            seed=seed)
+    not_offered.update(choice.skipped)
+    scored = [name for name in names if name not in choice.skipped]
     if not scored:
-        raise UsageError(f"no type's labels can be enumerated: {evaluation.skipped}")
-    units = {name: unit_items(name, candidates[name]) for name in scored}
-    chosen = select_batch({name: evaluation.label_log_probs[name] for name in scored}, units,
-                          {name: costs[name] for name in scored}, k, _rng(seed, "select"))
+        raise UsageError(f"no type's labels can be enumerated: {choice.skipped}")
+    chosen = choice.selection
     new, picks = {}, []
     for name in scored:
         mine = np.flatnonzero(chosen.type == name)
@@ -200,7 +181,7 @@ def suggest_queries(run: Path | str, k: int, costs: Mapping[str, float], *, pool
     joined = concat_feedback({name: _flagged(ds) for name, ds in data.items()}, new)
     picks.sort(key=lambda p: p["rank"])
     return QueryFile(joined, picks, {name: candidates[name].sizes["item"] for name in scored}, not_offered,
-                     reward.shape[1])
+                     choice.draws)
 
 
 def build_parser() -> argparse.ArgumentParser:

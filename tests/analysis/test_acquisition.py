@@ -297,6 +297,16 @@ def test_select_batch_scores_each_query_given_the_ones_before_it():
     # costs still count: B at 20 times the price (0.49 / 20 = 0.025 per cost) loses to the repeat of A (0.04)
     dear = select_batch(logp, items, {"pref": 1.0, "rating": 20.0}, 2, np.random.default_rng(0), samples=20000)
     assert list(dear.type) == ["pref", "pref"] and set(dear.item) == {0, 1}
+    # a budget: with 1.5 left after A (cost 1), B at cost 1 no longer fits and the batch ends after one pick; with 2,
+    # both fit and the batch is {A, B} as without a budget
+    short = select_batch(logp, items, costs, 2, np.random.default_rng(0), samples=20000, budget=1.5)
+    assert list(short.type) == ["pref"]
+    assert list(select_batch(logp, items, costs, 2, np.random.default_rng(0), samples=20000, budget=2).type) == \
+        ["pref", "rating"]
+    # a first choice that does not fit is passed over for one that does: A at cost 1.2 still has the better gain per
+    # cost (0.637 / 1.2 = 0.53 against 0.495), but only B fits a budget of 1
+    assert list(select_batch(logp, items, {"pref": 1.2, "rating": 1.0}, 2, np.random.default_rng(0), samples=20000,
+                             budget=1).type) == ["rating"]
 
 
 def test_select_batch_on_a_real_problem_returns_k_distinct_queries(problem_with_pool):
