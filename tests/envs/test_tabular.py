@@ -161,3 +161,18 @@ def test_sample_paths_follows_deterministic_policy_exactly() -> None:
     states, _ = sample_paths(mdp.transitions, policy, np.zeros(3, dtype=int), 6, np.random.default_rng(4))
     assert np.all(states[:, 4:] == 8)
     assert np.all(np.diff(states[:, :5], axis=1) > 0)  # every move is RIGHT (+1) or DOWN (+3)
+
+
+@pytest.mark.parametrize("entries", [1, 1200, 1 << 30])  # 1 path, 2 paths (6 steps x 100 states each), all
+def test_sample_paths_in_chunks_draws_the_same_paths(monkeypatch, entries) -> None:
+    """Chunking bounds memory only: one path per chunk, a few per chunk and all at once give the same paths."""
+    from mavrl_ppl.envs import rollouts
+
+    mdp = make_tabular("grid_trap")
+    policy = np.random.default_rng(1).dirichlet(np.ones(mdp.num_actions), size=mdp.num_states)
+    starts = np.random.default_rng(2).integers(mdp.num_states, size=9)
+    whole = sample_paths(mdp.transitions, policy, starts, 5, np.random.default_rng(3))
+    monkeypatch.setattr(rollouts, "CHUNK_ENTRIES", entries)
+    chunked = sample_paths(mdp.transitions, policy, starts, 5, np.random.default_rng(3))
+    np.testing.assert_array_equal(chunked[0], whole[0])
+    np.testing.assert_array_equal(chunked[1], whole[1])
