@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -92,18 +93,18 @@ def main(argv: list[str] | None = None) -> int:
         runs.append(one_run())
         print({k: v for k, v in runs[-1].items() if k not in ("slowest", "failed")}, *runs[-1]["failed"], sep="\n",
               flush=True)
-    walls = sorted(r["wall"] for r in runs)
+    median_wall = statistics.median(r["wall"] for r in runs)  # of an even count: the mean of the middle two
     lines = [HEADER, "", f"Command: `python benchmarks/test_suite.py --repeats {args.repeats}` (runs `pytest` as the "
              f"README does: two pytest-xdist workers). Machine: {info['nproc']} cores, {info['cpu']}, "
              f"Python {info['python']}.", "",
-             "| run | result | wall (s) | pytest peak RSS (MB) | largest child peak RSS (MB) | all processes at once, "
-             "peak (MB) | load before / after | speed probe before (s) |",
+             "| run | result | wall (s) | pytest peak RSS (MiB) | largest child peak RSS (MiB) | all processes at "
+             "once, peak (MiB) | load before / after | speed probe before (s) |",
              "|---|---|---|---|---|---|---|---|"]
     for i, r in enumerate(runs):
         lines.append(f"| {i + 1} | {r['summary']} | {r['wall']:.0f} | {r['peak_pytest_mb']:.0f} | "
                      f"{r['peak_any_child_mb']:.0f} | {r['peak_tree_mb']:.0f} | "
                      f"{r['load_before']:.2f} / {r['load_after']:.2f} | {r['probe']:.2f} |")
-    lines += ["", f"Median wall time {walls[len(walls) // 2]:.0f} s (target < 240 s). The first two peaks are maxima "
+    lines += ["", f"Median wall time {median_wall:.0f} s (target < 240 s). The first two peaks are maxima "
               "of single processes (the pytest-xdist workers are children of pytest; target < 1.5 GB); the third is "
               "the largest sum of the resident memory of pytest and all its descendants, sampled every 0.25 s. "
               "The speed probe is a fixed pure-Python loop (SPEED_PROBE in the script): larger is a slower machine.",
