@@ -61,14 +61,17 @@ from mavrl_ppl.feedback.ops import logsumexp
 __all__ = [
     "JOINT_ELEMENTS",
     "ROUND_OFF",
+    "TARGETS",
     "BatchChoice",
     "CandidatePool",
+    "DecisionTargets",
     "InformationGain",
     "JointInformationGain",
     "QueryGain",
     "Selection",
     "candidate_queries",
     "choose_queries",
+    "greedy_action_targets",
     "information_gain",
     "item_information_gain",
     "joint_information_gain",
@@ -85,6 +88,9 @@ __all__ = [
 #: grid_trap pool of 166 queries of the four types at posterior spreads 0.7, 1e-3, 1e-8): the unclipped gain was
 #: never below -1.2e-15 (random, near-equal draws) and -1.9e-16 (grid, spread 1e-8); equal draws give exactly 0.
 ROUND_OFF = 1e-12
+
+#: What :func:`choose_queries`' gain can be about.
+TARGETS = ("reward", "policy")
 
 
 class InformationGain(NamedTuple):
@@ -520,6 +526,7 @@ def select_batch(
     rng: np.random.Generator,
     samples: int = 1024,
     budget: float | None = None,
+    targets: DecisionTargets | None = None,
 ) -> Selection:
     """A batch of ``k`` queries chosen greedily by the gain of each query GIVEN the queries already in the batch, per
     unit cost (BatchBALD, Kirsch et al. 2019): redundancy between different queries is accounted for.
@@ -547,6 +554,10 @@ def select_batch(
         samples: label sequences drawn per draw-sample.
         budget: the batch's total cost at most this (``None``: no limit): a step picks only among the candidates
             whose cost fits in what is left, and the batch ends early when none does.
+        targets: what the gain is about (``None``: the draws themselves, i.e. the reward and nuisance parameters;
+            :func:`greedy_action_targets`: the best action in the states good policies visit). With targets the
+            gain is ``sum_v weight_v I(target_v; labels)``, each term estimated like the draws' gain with the
+            draws pooled by their value of ``target_v``.
 
     Returns:
         :class:`Selection` in the order picked; ``eig`` is each query's gain given the ones before it (Monte Carlo,
@@ -583,14 +594,13 @@ def select_batch(
     taken = np.zeros(len(item), dtype=bool)
     picked, gains = [], []
     left = np.inf if budget is None else float(budget)
+    pooled = None if targets is None else _pooling(targets, num_draws, draw)
     for _ in range(min(k, len(item))):  # the greedy steps; each is vectorised over draws, samples and candidates
         open_ = ~taken & (cost <= left + 1e-9)
         if not open_.any():
             break
         total = batch[:, :, None] + candidates
-        own = total[draw, np.arange(samples)]  # (samples, candidate)
-        top = total.max(axis=0)
-        joint = (own - (top + np.log(np.exp(total - top).mean(axis=0)))).mean(axis=0)  # (candidate,)
+        joint = _joint_gain(total, draw, pooled)  # (candidate,)
         gain = np.where(open_, joint - current, -np.inf)
         score = gain / cost
         best = int(np.flatnonzero(score == score.max())[0])  # ties: the type listed first, then the lower item
@@ -603,6 +613,93 @@ def select_batch(
     order = np.asarray(picked, dtype=int)
     eig = np.asarray(gains)
     return Selection(np.asarray(names, dtype=object)[kind[order]], item[order], eig, cost[order], eig / cost[order])
+
+
+class DecisionTargets(NamedTuple):
+    """Discrete quantities of each posterior draw that a gain can be about instead of the draw itself.
+
+    Attributes:
+        values: ``(V, D)`` integer value of target ``v`` at draw ``d`` (e.g. the best action in a state).
+        weights: ``(V,)`` non-negative weight of each target in the gain.
+        states: ``(V,)`` the state each target is about, where there is one (:func:`greedy_action_targets`).
+    """
+
+    values: np.ndarray
+    weights: np.ndarray
+    states: np.ndarray | None = None
+
+
+def greedy_action_targets(mdp: TabularMDP, reward: np.ndarray, reward_dims: Sequence[str],
+                          min_weight: float = 1e-3) -> DecisionTargets:
+    """The best action of each state under each reward draw, weighted by how much good policies visit the state.
+
+    Target ``s`` is ``argmax_a Q*_d(s, a)`` (exact ``Q*`` of draw ``d``); its weight is the mean over draws of the
+    normalised discounted occupancy of state ``s`` under draw ``d``'s greedy policy from the env's start
+    distribution. The score of a fitted reward is the return of its greedy policy from that start, so this is the
+    information about the decisions that make the score, where they are made (an information-directed choice in the
+    spirit of IDRL, Lindner et al. 2021, with the plausible optimal policies' states in place of its policy pairs).
+    States every draw agrees on carry no information and are dropped, as are states of weight below ``min_weight``.
+
+    Args:
+        mdp: the tabular env.
+        reward: reward draws ``(..., *reward_dims)`` (leading dims flattened into draws).
+        reward_dims: as :func:`mavrl_ppl.analysis.predictive.reward_groups` takes them.
+        min_weight: the smallest weight kept.
+    """
+    from mavrl_ppl.analysis.predictive import reward_groups
+    from mavrl_ppl.planning import q_star
+
+    groups = reward_groups(mdp, reward_dims)
+    theta = np.asarray(reward, dtype=np.float64).reshape(-1, int(groups.max()) + 1)
+    q = q_star(mdp.transitions, groups, mdp.gamma, theta)  # (D, S, A)
+    best = q.argmax(axis=-1)  # (D, S)
+    num_draws, num_states = best.shape
+    p_pi = np.take_along_axis(mdp.transitions[None], best[:, :, None, None], axis=2)[:, :, 0]  # (D, S, S')
+    # occupancy^T = (1 - gamma) mu^T (I - gamma P_pi)^-1: solve (I - gamma P_pi)^T x = (1 - gamma) mu
+    system = np.eye(num_states)[None] - mdp.gamma * p_pi
+    occupancy = np.linalg.solve(np.swapaxes(system, 1, 2), np.broadcast_to((1 - mdp.gamma) * mdp.initial,
+                                                                             (num_draws, num_states))[..., None])
+    weight = occupancy[..., 0].mean(axis=0)
+    keep = (weight >= min_weight) & (best != best[:1]).any(axis=0)
+    return DecisionTargets(best[:, keep].T.copy(), weight[keep], np.flatnonzero(keep))
+
+
+class _Pooling(NamedTuple):
+    membership: np.ndarray  # (D, columns): draw d counts in column (target v, value a), divided by its count
+    column: np.ndarray  # (V, samples): each sample's column for each target (its draw's value)
+    weights: np.ndarray  # (V,)
+
+
+def _pooling(targets: DecisionTargets, num_draws: int, draw: np.ndarray) -> _Pooling:
+    values = np.asarray(targets.values)
+    if values.ndim != 2 or values.shape[1] != num_draws:
+        raise ValueError(f"targets must give a value per draw: shape (V, {num_draws}), got {values.shape}")
+    # one column per (target, value) present: renumber the values per target
+    offsets, columns = 0, np.empty_like(values)
+    for v in range(len(values)):  # targets, not draws or items: a few dozen states
+        _, columns[v] = np.unique(values[v], return_inverse=True)
+        columns[v] += offsets
+        offsets = int(columns[v].max()) + 1
+    membership = np.zeros((num_draws, offsets))
+    np.add.at(membership, (np.tile(np.arange(num_draws), len(values)), columns.reshape(-1)), 1.0)
+    membership /= membership.sum(axis=0, keepdims=True)
+    return _Pooling(membership, columns[:, draw], np.asarray(targets.weights, dtype=np.float64))
+
+
+def _joint_gain(total: np.ndarray, draw: np.ndarray, pooled: _Pooling | None) -> np.ndarray:
+    """``(candidate,)`` Monte Carlo joint gain of labels whose log-probabilities under every draw are ``total``
+    ``(D, samples, candidate)`` (sample ``j`` drawn from draw ``draw[j]``): about the draws themselves, or the
+    weighted sum over targets of the gain about each (the draws pooled by their value of it)."""
+    samples = total.shape[1]
+    top = total.max(axis=0)
+    scaled = np.exp(total - top)  # (D, samples, candidate)
+    marginal = np.log(scaled.mean(axis=0))  # log p(Y_j) - top
+    if pooled is None:
+        own = total[draw, np.arange(samples)] - top  # log p_{d_j}(Y_j) - top
+        return (own - marginal).mean(axis=0)
+    by_column = np.tensordot(pooled.membership, scaled, axes=([0], [0]))  # (columns, samples, candidate)
+    conditional = np.log(by_column[pooled.column, np.arange(samples)])  # (V, samples, candidate)
+    return np.tensordot(pooled.weights, (conditional - marginal).mean(axis=1), axes=1)
 
 
 def thinned_draws(posterior: xr.Dataset, draws: int) -> tuple[np.ndarray, tuple[str, ...], dict[str, np.ndarray]]:
@@ -646,6 +743,7 @@ def choose_queries(
     draws: int = 100,
     seed: int = 0,
     budget: float | None = None,
+    target: str = "reward",
 ) -> BatchChoice:
     """The next ``k`` queries from candidate pools at a fitted posterior: label probabilities at ``draws`` evenly
     spaced draws (:func:`thinned_draws`, :func:`~mavrl_ppl.analysis.predictive.evaluate_feedback`), then BatchBALD
@@ -660,7 +758,11 @@ def choose_queries(
         draws: posterior draws the gains are computed at.
         seed: seeds the predictive draws and the Monte Carlo.
         budget: the batch's total cost at most this (``None``: no limit).
+        target: what the gain is about: ``"reward"`` (the draws: BALD) or ``"policy"`` (the best actions in the
+            states good policies visit, :func:`greedy_action_targets`).
     """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, not {target!r}")
     reward, dims, nuisance = thinned_draws(posterior, draws)
     evaluation = evaluate_feedback(mdp, reward, dims, nuisance, queries, seed=seed, log_likelihood=False,
                                    label_log_probs=True)
@@ -668,5 +770,6 @@ def choose_queries(
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), zlib.crc32(b"select")]))
     selection = select_batch({name: evaluation.label_log_probs[name] for name in scored},
                              {name: unit_items(name, queries[name]) for name in scored},
-                             {name: costs[name] for name in scored}, k, rng, budget=budget)
+                             {name: costs[name] for name in scored}, k, rng, budget=budget,
+                             targets=greedy_action_targets(mdp, reward, dims) if target == "policy" else None)
     return BatchChoice(selection, dict(evaluation.skipped), reward.shape[1])

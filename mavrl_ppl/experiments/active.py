@@ -19,6 +19,8 @@ One loop per env, seed and acquisition rule, each one task of the shared executo
    - ``eig``: expected information gain per unit cost at ``--eig-draws`` of the current posterior's draws, each pick
      scored given the earlier picks of the batch (BatchBALD, a demonstration's steps jointly; the rule of
      ``active suggest`` too: :func:`~mavrl_ppl.analysis.acquisition.choose_queries`), within the budget left;
+   - ``policy``: the same, with the gain about the best action in each state that the posterior draws' greedy
+     policies visit (:func:`~mavrl_ppl.analysis.acquisition.greedy_action_targets`) instead of about the draws;
    - ``random``: per query a type uniformly among those affordable with the budget left, then a uniform query of it;
    - ``fixed``: the paper's fixed allocation, asked incrementally: per query the affordable type whose count is
      furthest below its share of the paper's counts (pref 64, demo 1, rating 64, stop 256), a uniform query of it.
@@ -83,14 +85,15 @@ __all__ = [
     "to_markdown",
 ]
 
-ACQUISITIONS = ("eig", "random", "fixed")
+ACQUISITIONS = ("eig", "policy", "random", "fixed")
 #: Labelling cost per item (an episode of demonstration takes a person ~10 pairwise answers' time).
 DEFAULT_COSTS = "pref=1,demo=10,rating=1,stop=1"
 #: The start set, simulated from the seed before the first fit (cost 16 at the default costs).
 DEFAULT_START = "pref=4,demo=0,rating=4,stop=8"
-LABELS = {"eig": "EIG (BALD) per cost", "random": "random type & query", "fixed": "paper's fixed allocation"}
-COLOURS = {"eig": "tab:blue", "random": "tab:orange", "fixed": "tab:green"}
-STYLES = {"eig": "-", "random": "--", "fixed": ":"}
+LABELS = {"eig": "EIG (BALD) per cost", "policy": "EIG about the best actions per cost",
+          "random": "random type & query", "fixed": "paper's fixed allocation"}
+COLOURS = {"eig": "tab:blue", "policy": "tab:purple", "random": "tab:orange", "fixed": "tab:green"}
+STYLES = {"eig": "-", "policy": "-.", "random": "--", "fixed": ":"}
 
 
 # ------------------------------------------------------------------------------------------------ the data
@@ -276,11 +279,12 @@ def _choose(spec: LoopSpec, round_index: int, mdp: Any, fitted: Any, pool: Mappi
     rng = _rng(spec.seed, spec.env, spec.acquisition, round_index)
     available = {t: list(range(ds.sizes["item"])) for t, ds in pool.items() if ds.sizes["item"]}
     picks: list[dict[str, Any]] = []
-    if spec.acquisition == "eig":
+    if spec.acquisition in ("eig", "policy"):
         from mavrl_ppl.analysis.acquisition import choose_queries
 
         chosen = choose_queries(mdp, fitted.idata.posterior, {t: pool[t] for t in available}, spec.costs,
-                                spec.batch, draws=spec.eig_draws, seed=int(rng.integers(2**31)), budget=left)
+                                spec.batch, draws=spec.eig_draws, seed=int(rng.integers(2**31)), budget=left,
+                                target="reward" if spec.acquisition == "eig" else "policy")
         return [{"type": str(name), "item": int(item), "cost": float(cost), "eig": float(value)}
                 for name, item, cost, value in zip(*chosen.selection[:2], chosen.selection.cost,
                                                   chosen.selection.eig, strict=True)]
@@ -524,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, default=64.0,
                    help="total labelling cost, the start set's included (default 64)")
     p.add_argument("--acquisition", nargs="+", default=list(ACQUISITIONS),
-                   help=f"rules: {', '.join(ACQUISITIONS)} (default all three)")
+                   help=f"rules: {', '.join(ACQUISITIONS)} (default all)")
     p.add_argument("--costs", default=DEFAULT_COSTS, help=f"cost of one item per type; the types that can be asked "
                    f"(default {DEFAULT_COSTS})")
     p.add_argument("--start", default=DEFAULT_START, help=f"start set counts (default {DEFAULT_START})")

@@ -114,7 +114,7 @@ def _flagged(dataset: Any) -> Any:
 
 
 def suggest_queries(run: Path | str, k: int, costs: Mapping[str, float], *, pool: int = 64,
-                    draws: int = DEFAULT_DRAWS, seed: int | None = None) -> QueryFile:
+                    draws: int = DEFAULT_DRAWS, seed: int | None = None, target: str = "reward") -> QueryFile:
     """The run's data with the ``k`` best next queries appended, unanswered (the module docstring has the rule).
 
     Args:
@@ -124,6 +124,8 @@ def suggest_queries(run: Path | str, k: int, costs: Mapping[str, float], *, pool
         pool: candidates simulated per type.
         draws: posterior draws the gains are computed at.
         seed: the pool's and the Monte Carlo's seed (default: the run's).
+        target: what the gain is about (:data:`~mavrl_ppl.analysis.acquisition.TARGETS`): ``"reward"`` (every latent)
+            or ``"policy"`` (the best actions in the states good policies visit).
 
     Raises:
         UsageError: not a finished tabular run, a type that cannot be offered, bad ``k``/``pool``/``draws``.
@@ -158,7 +160,7 @@ def suggest_queries(run: Path | str, k: int, costs: Mapping[str, float], *, pool
     # The posterior group only: a NUTS run's log-likelihood and predictive groups are far larger and not needed.
     posterior = xr.load_dataset(Path(run) / "posterior.nc", group="posterior", engine=ENGINE)
     choice = choose_queries(mdp, posterior, {name: candidates[name] for name in names}, costs, k, draws=draws,
-                            seed=seed)
+                            seed=seed, target=target)
     not_offered.update(choice.skipped)
     scored = [name for name in names if name not in choice.skipped]
     if not scored:
@@ -196,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--costs", default=DEFAULT_COSTS, help="cost of one query per type; the types that may be asked "
                    f"(default {DEFAULT_COSTS}; demonstrations are never asked)")
     p.add_argument("--pool", type=int, default=64, help="candidates simulated per type (default 64)")
+    p.add_argument("--target", choices=("reward", "policy"), default="reward",
+                   help="what the gain is about: every latent (reward) or the best actions (policy); default reward")
     p.add_argument("--draws", type=int, default=DEFAULT_DRAWS,
                    help=f"posterior draws the gain uses (default {DEFAULT_DRAWS})")
     p.add_argument("--seed", type=int, default=None, help="the pool's seed (default: the run's)")
@@ -228,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.out.parent.is_dir():
             raise UsageError(f"--out {args.out}: no such directory {args.out.parent}")
         result = suggest_queries(args.run, args.k, parse_costs(args.costs), pool=args.pool, draws=args.draws,
-                                 seed=args.seed)
+                                 seed=args.seed, target=args.target)
         save_feedback(args.out, result.feedback, allow_unanswered=True)
     except (UsageError, FeedbackDataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

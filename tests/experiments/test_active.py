@@ -34,7 +34,7 @@ def spec(records, acquisition, seed=0):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("active")
-    specs = [spec(out / "records", rule) for rule in ("eig", "random", "fixed")]
+    specs = [spec(out / "records", rule) for rule in ("eig", "policy", "random", "fixed")]
     summary = run_active(specs, out, in_process=True, progress=False)
     return out, specs, summary
 
@@ -65,14 +65,14 @@ def test_every_rule_spends_exactly_the_budget_with_one_record_per_round(finished
             assert after["cost"] == sum(n * COSTS[t] for t, n in after["counts"].items())
         for r in rounds:
             assert 0.0 <= r["epic"] <= 1.0 and r["regret"] >= 0.0 and r["normalized_score"] <= 100.0 + 1e-9
-    eig = summary["results"][("grid_trap", "eig", 0)]
-    assert all(p["eig"] is not None and p["eig"] >= 0 for r in eig for p in r["asked"])
-    assert any(p["eig"] > 0 for r in eig for p in r["asked"])
+    for rule in ("eig", "policy"):
+        gains = [p["eig"] for r in summary["results"][("grid_trap", rule, 0)] for p in r["asked"]]
+        assert all(g is not None and g >= 0 for g in gains) and any(g > 0 for g in gains), (rule, gains)
     random = summary["results"][("grid_trap", "random", 0)]
     assert all(p["eig"] is None for r in random for p in r["asked"])
     assert (out / "active.png").stat().st_size > 10_000
     table = (out / "active.md").read_text()
-    assert table.count("| grid_trap |") == 3 and "score at budget" in table
+    assert table.count("| grid_trap |") == 4 and "score at budget" in table
 
 
 def test_fixed_rule_follows_the_paper_shares():

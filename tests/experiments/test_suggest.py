@@ -136,3 +136,13 @@ def test_a_user_registered_type_is_asked_with_no_extra_code(tmp_path):
     assert list(np.flatnonzero(~ranking["answered"].values)) == [12, 13, 14]
     ranking["answered"].values[:] = True
     validate_feedback(result.feedback)  # the placeholders are rankings the type accepts
+
+
+def test_policy_target_asks_as_many_queries_with_gains_about_the_best_actions(run, tmp_path):
+    path = tmp_path / "policy.nc"
+    done = suggest(str(run), "--k", "5", "--pool", "16", "--draws", "40", "--target", "policy", "--out", str(path))
+    assert done.returncode == 0, done.stderr
+    asked = load_feedback(path, allow_unanswered=True)
+    gains = np.concatenate([ds["query_eig"].values[~ds["answered"].values] for ds in asked.values()])
+    # each pick's gain about the best actions is at most the entropy of those actions: non-negative and finite
+    assert len(gains) == 5 and np.all(np.isfinite(gains)) and np.all(gains >= 0)
