@@ -41,7 +41,8 @@ Resumable: after each round its data for the next round are written (``round<r>.
 :func:`~mavrl_ppl.feedback.data.save_feedback`, atomic), with ``--warm-start`` its fitted parameters
 (``round<r>.pt``), and then its record (``round<r>.json``, atomic) under ``OUT/records/<env>/<rule>/seed<S>/``; every
 round's data (and parameters) are read back from those files before the next fit, so a rerun that continues after
-the last finished round fits exactly what an uninterrupted loop fits. ``settings.json``
+the last finished round fits exactly what an uninterrupted loop fits. A finished loop needs only its records (the
+data files can be left out of version control). ``settings.json``
 there holds what the records depend on; a different setting into the same ``--out`` is refused (exit 2).
 
 Outputs in ``OUT``: ``active.md`` (per env and rule: the score at the budget and the cost at which the score first
@@ -252,18 +253,26 @@ def check_settings(spec: LoopSpec) -> None:
 
 
 def finished_rounds(directory: Path, warm_start: bool = False) -> list[dict[str, Any]]:
-    """The records of rounds 0, 1, ... that are complete (record and next data present, and with ``warm_start`` the
-    fitted parameters), up to the first gap."""
+    """The records of rounds 0, 1, ... that are complete, up to the first gap.
+
+    A round is complete when its record (``round<r>.json``) is readable, and its next data (``round<r>.nc``, with
+    ``warm_start`` also its fitted parameters ``round<r>.pt``) are present where a continuation needs them: the
+    loop's last round, unless it is final. A finished loop is thus read from its records alone (the data files are
+    kept out of version control); an unfinished one whose last data are gone continues from the latest round that
+    has them.
+    """
     rounds = []
     while True:
-        r = len(rounds)
-        record, data = directory / f"round{r}.json", directory / f"round{r}.nc"
-        if not (record.is_file() and data.is_file() and (not warm_start or (directory / f"round{r}.pt").is_file())):
-            return rounds
         try:
-            rounds.append(json.loads(record.read_text()))
+            rounds.append(json.loads((directory / f"round{len(rounds)}.json").read_text()))
         except (OSError, json.JSONDecodeError):
-            return rounds
+            break
+    while rounds and not rounds[-1]["final"]:
+        r = len(rounds) - 1
+        if (directory / f"round{r}.nc").is_file() and (not warm_start or (directory / f"round{r}.pt").is_file()):
+            break
+        rounds.pop()
+    return rounds
 
 
 def _fixed_type(counts: Mapping[str, int], affordable: Sequence[str]) -> str:

@@ -102,6 +102,27 @@ def test_a_rerun_after_losing_the_last_round_reproduces_it(finished, tmp_path):
         assert len(finished_rounds(target)) == len(rounds)
 
 
+def test_records_alone_make_a_finished_loop_and_missing_data_step_back(finished, tmp_path):
+    """The data files are not committed: a finished loop is read from its records without refitting; an unfinished
+    one whose last round lost its data continues from the round before (and ends with the same records)."""
+    _, specs, summary = finished
+    rule = "random"
+    rounds = json.loads(json.dumps(summary["results"][("grid_trap", rule, 0)]))
+    s = spec(tmp_path / "records", rule)
+    target = loop_directory(s.records, "grid_trap", rule, 0)
+    shutil.copytree(loop_directory(specs[0].records, "grid_trap", rule, 0), target)
+    for data in target.glob("round*.nc"):
+        data.unlink()
+    assert finished_rounds(target) == rounds
+    assert run_loop(s) == rounds and not list(target.glob("round*.nc"))  # nothing refitted
+    last = len(rounds) - 1
+    (target / f"round{last}.json").unlink()  # now unfinished, and no round has data: start over
+    assert finished_rounds(target) == []
+    shutil.copy(loop_directory(specs[0].records, "grid_trap", rule, 0) / f"round{last - 2}.nc", target)
+    assert len(finished_rounds(target)) == last - 1  # continues after round last-2, the latest with its data
+    assert [without_timing(r) for r in run_loop(s)] == [without_timing(r) for r in rounds]
+
+
 def test_concat_pads_segments_to_a_common_length():
     import numpy as np
 
