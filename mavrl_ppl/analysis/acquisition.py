@@ -541,7 +541,9 @@ def select_batch(
     the Monte Carlo noise (see :attr:`JointInformationGain.standard_error`): conditional gains below it are noise.
 
     Memory and time: ``draws x samples x candidate items`` float64 numbers (40 draws x 1024 x 200 items: 66 MB),
-    ``k`` passes over them.
+    ``k`` passes over them. With ``targets``, also ``columns x samples x candidate items`` for the pooled
+    sums (one column per target value present: at most targets x actions; measured on the 10x10 grids
+    with 100 draws and 128 candidates: 8-16 s a round of 8 picks).
 
     Args:
         label_log_probs: type name -> ``(chain, draw, unit, K)`` or ``(draw, unit, K)`` candidate log-probabilities

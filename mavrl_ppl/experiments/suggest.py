@@ -188,6 +188,7 @@ def suggest_queries(run: Path | str, k: int, costs: Mapping[str, float], *, pool
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``python -m mavrl_ppl.experiments.active suggest``."""
+    from mavrl_ppl.analysis.acquisition import TARGETS
     from mavrl_ppl.experiments.active import DEFAULT_COSTS
 
     p = argparse.ArgumentParser(prog="python -m mavrl_ppl.experiments.active suggest",
@@ -198,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--costs", default=DEFAULT_COSTS, help="cost of one query per type; the types that may be asked "
                    f"(default {DEFAULT_COSTS}; demonstrations are never asked)")
     p.add_argument("--pool", type=int, default=64, help="candidates simulated per type (default 64)")
-    p.add_argument("--target", choices=("reward", "policy"), default="reward",
+    p.add_argument("--target", choices=TARGETS, default="reward",
                    help="what the gain is about: every latent (reward) or the best actions (policy); default reward")
     p.add_argument("--draws", type=int, default=DEFAULT_DRAWS,
                    help=f"posterior draws the gain uses (default {DEFAULT_DRAWS})")
