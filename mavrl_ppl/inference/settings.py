@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from mavrl_ppl.models.settings import BELLMAN_TARGETS, ENCODER_INPUTS, GUIDES, ModelSettings
+from mavrl_ppl.models.settings import BELLMAN_TARGETS, ENCODER_INPUTS, GUIDES, TD_SCALES, ModelSettings
 from mavrl_ppl.options import option
 
 #: How the likelihoods get action values on a tabular env (``SVISettings.q_model``).
@@ -30,7 +30,11 @@ class SVISettings:
     num_particles: int = option(1, "ELBO particles per step")
     kl_weight: float = option(1.0, "scale on the reward prior/guide sites (1 = exact ELBO; see models.joint)")
     td_weight: float = option(1.0, "scale on the Bellman-consistency sites")
-    bellman_scale: float = option(0.5, "std of the Bellman observation y ~ Normal(r, bellman_scale)")
+    bellman_scale: float = option(0.5, "std of the Bellman observation y ~ Normal(r, bellman_scale) (td_scale fixed)")
+    td_scale: str = option(
+        "fixed", "Q-network mode: the TD target's Gaussian: fixed (Normal(r, bellman_scale)) | encoder (Normal(mu, "
+        "sigma), the guide's own per-step mean and scale, the paper's TD term)", TD_SCALES
+    )
     q_model: str = option(
         "planner", "tabular envs: planner (exact Q*(r), the NUTS model) | network (MAVRL's Q-network)", Q_MODELS
     )
@@ -47,7 +51,7 @@ class SVISettings:
 
     def __post_init__(self) -> None:
         choices = {"encoder_input": ENCODER_INPUTS, "q_model": Q_MODELS, "bellman_target": BELLMAN_TARGETS,
-                   "guide": GUIDES}
+                   "guide": GUIDES, "td_scale": TD_SCALES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")

@@ -120,7 +120,7 @@ class JointFeedbackModel:
             else TiedRewards(self.encoder, settings, num_actions, state_features)
         )
         self.values: ActionValues = (
-            NetworkValues(q_network, settings, num_actions) if planner is None
+            NetworkValues(q_network, settings, num_actions, self.rewards) if planner is None
             else PlannedValues(planner, self.rewards)
         )
 

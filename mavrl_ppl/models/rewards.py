@@ -61,6 +61,9 @@ class RewardAttachment(Protocol):
     def draws(self, batch: Mapping, num_draws: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Guide draws: the raw draws (what a planner reads) and the reward of every step, draws first."""
 
+    def moments(self, batch: Mapping) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder's mean and scale of every step of ``batch`` (differentiable: a model site may train them)."""
+
     def mean(self, batch: Mapping) -> torch.Tensor:
         """The guide's mean reward of every step of ``batch``."""
 
@@ -107,8 +110,11 @@ class StepRewards:
         draws = gaussian_draws(mu, sigma, num_draws, generator)
         return draws, draws
 
+    def moments(self, batch: Mapping) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(self.features(batch))
+
     def mean(self, batch: Mapping) -> torch.Tensor:
-        return self.encoder(self.features(batch))[0]
+        return self.moments(batch)[0]
 
 
 def group_features(state_features: torch.Tensor, encoder_input: str, num_actions: int) -> torch.Tensor:
@@ -232,5 +238,11 @@ class TiedRewards:
         draws = self.group_draws(num_draws, generator)
         return draws, draws[:, self.group_index(batch)]
 
+    def moments(self, batch: Mapping) -> tuple[torch.Tensor, torch.Tensor]:
+        # The amortized diagonal heads; a lowrank/fullrank guide's marginal scale also has the correlation part.
+        mu, sigma = self.encoder(self.group_features)
+        index = self.group_index(batch)
+        return mu[index], sigma[index]
+
     def mean(self, batch: Mapping) -> torch.Tensor:
-        return self.group_mean()[self.group_index(batch)]
+        return self.moments(batch)[0]

@@ -16,6 +16,13 @@ BELLMAN_TARGETS = ("max", "data")
 #: encoder's heads); the correlation part is one free parameter of the fit.
 GUIDES = ("meanfield", "lowrank", "fullrank")
 
+#: The Gaussian the Bellman sites score the TD target ``y`` under (Q-network mode only; see
+#: :class:`~mavrl_ppl.models.values.NetworkValues`):
+#:
+#: - ``"fixed"``: ``Normal(r, bellman_scale)`` around the sampled reward ``r``, a fixed scale.
+#: - ``"encoder"``: ``Normal(mu, sigma)``, the guide's own per-step mean and scale (REFERENCE §1, the paper's TD term).
+TD_SCALES = ("fixed", "encoder")
+
 
 @dataclass(frozen=True)
 class ModelSettings:
@@ -28,7 +35,9 @@ class ModelSettings:
         layers: hidden layers of both networks.
         kl_weight: scale on the reward prior and guide sites (1 = exact ELBO).
         td_weight: scale on the Bellman-consistency sites.
-        bellman_scale: standard deviation of the Bellman observation ``y ~ Normal(r, bellman_scale)``.
+        bellman_scale: standard deviation of the Bellman observation ``y ~ Normal(r, bellman_scale)`` (read with
+            ``td_scale="fixed"`` only).
+        td_scale: one of :data:`TD_SCALES`; ignored with exact planning (no Bellman sites there).
         bellman_target: one of :data:`BELLMAN_TARGETS`.
         q_horizon_scale: scale the Q-network's output by ``1 / (1 - gamma)`` (see
             :class:`~mavrl_ppl.models.networks.QNetwork`).
@@ -43,6 +52,7 @@ class ModelSettings:
     td_weight: float = 1.0
     bellman_scale: float = 0.5
     bellman_target: str = "max"
+    td_scale: str = "fixed"
     q_horizon_scale: bool = False
     guide: str = "meanfield"
     guide_rank: int = 5
@@ -56,6 +66,8 @@ class ModelSettings:
             raise ValueError(f"encoder_input must be one of {ENCODER_INPUTS}, got {self.encoder_input!r}")
         if self.bellman_target not in BELLMAN_TARGETS:
             raise ValueError(f"bellman_target must be one of {BELLMAN_TARGETS}, got {self.bellman_target!r}")
+        if self.td_scale not in TD_SCALES:
+            raise ValueError(f"td_scale must be one of {TD_SCALES}, got {self.td_scale!r}")
         for name in ("kl_weight", "td_weight", "bellman_scale"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")

@@ -4,7 +4,9 @@
   sites ``bellman_<type>``: the TD target ``y = Q(s, a) - gamma * Q(s', a')`` (``Q(s', .) = 0`` after a terminal
   step) is observed as ``y ~ Normal(r, bellman_scale)``, masked by ``valid`` and scaled by ``td_weight``. Its
   expectation under ``q = Normal(mu, sigma)`` is ``((y - mu)^2 + sigma^2) / (2 bellman_scale^2)`` per step: the
-  reference's TD term with a fixed instead of a learned scale (REFERENCE §1 ``td_weight * TD_b``).
+  reference's TD term with a fixed instead of a learned scale (REFERENCE §1 ``td_weight * TD_b``). With
+  ``td_scale="encoder"`` the site is the reference's TD term itself: ``y ~ Normal(mu, sigma)`` with the guide's own
+  per-step mean and scale, i.e. ``0.5 * ((y - mu)^2 / sigma^2 + log sigma^2)`` per valid step (+ ``0.5 log 2 pi``).
 - :class:`PlannedValues`: exact ``Q*(r)`` of a known tabular MDP at each sampled reward (needs tied rewards, one
   per reward group of the MDP). The Bellman equation then holds exactly, so there are no Bellman sites. This is the
   NUTS baseline's model.
@@ -22,7 +24,7 @@ import pyro.distributions as dist
 import torch
 
 from mavrl_ppl.models.networks import QNetwork
-from mavrl_ppl.models.rewards import TiedRewards
+from mavrl_ppl.models.rewards import RewardAttachment, TiedRewards
 from mavrl_ppl.models.settings import ModelSettings
 from mavrl_ppl.models.sites import weighted
 from mavrl_ppl.planning.torch_backend import ExactPlanner
@@ -57,18 +59,28 @@ class ActionValues(Protocol):
 class NetworkValues:
     """The Q-network and the Bellman term (see the module docstring).
 
+    With ``td_scale="encoder"`` the Bellman sites read the encoder's ``mu`` and ``sigma`` without detaching them, so
+    the TD term trains the encoder as well as the Q-network, as the reference's loss does: its ``log sigma^2`` part
+    pulls ``sigma`` down wherever the Q-network's TD target agrees with ``mu``.
+
     Args:
         q_network: the Q-network.
-        settings: ``bellman_target``, ``td_weight`` and ``bellman_scale``.
+        settings: ``bellman_target``, ``td_weight``, ``td_scale`` and ``bellman_scale``.
         num_actions: size of the discrete action space.
+        rewards: the model's reward attachment, whose :meth:`~mavrl_ppl.models.rewards.RewardAttachment.moments`
+            give the per-step ``mu`` and ``sigma`` for ``td_scale="encoder"``.
     """
 
-    def __init__(self, q_network: QNetwork, settings: ModelSettings, num_actions: int) -> None:
+    def __init__(
+        self, q_network: QNetwork, settings: ModelSettings, num_actions: int, rewards: RewardAttachment
+    ) -> None:
         self.q_network = q_network
         self.bellman_target = settings.bellman_target
         self.td_weight = settings.td_weight
+        self.td_scale = settings.td_scale
         self.bellman_scale = settings.bellman_scale
         self.num_actions = num_actions
+        self.rewards = rewards
 
     def at(self, batch: Mapping) -> torch.Tensor:
         return self.q_network(batch["obs"])
@@ -95,10 +107,14 @@ class NetworkValues:
     def consistency(
         self, name: str, batch: Mapping, reward: torch.Tensor, q: torch.Tensor, gamma: float, event_dims: int
     ) -> None:
+        if self.td_scale == "encoder":
+            loc, scale = self.rewards.moments(batch)
+        else:
+            loc, scale = reward, self.bellman_scale
         with weighted(self.td_weight):
             pyro.sample(
                 f"bellman_{name}",
-                dist.Normal(reward, self.bellman_scale).mask(batch["valid"]).to_event(event_dims),
+                dist.Normal(loc, scale).mask(batch["valid"]).to_event(event_dims),
                 obs=self.td_target(batch, q, gamma),
             )
 
