@@ -21,6 +21,8 @@ GUIDES = ("meanfield", "lowrank", "fullrank")
 #:
 #: - ``"fixed"``: ``Normal(r, bellman_scale)`` around the sampled reward ``r``, a fixed scale.
 #: - ``"encoder"``: ``Normal(mu, sigma)``, the guide's own per-step mean and scale (REFERENCE §1, the paper's TD term).
+#:   The model then reads the guide's parameters, so the objective is the reference's loss, no longer the ELBO of a
+#:   fixed generative model.
 TD_SCALES = ("fixed", "encoder")
 
 
