@@ -45,7 +45,8 @@ class SVIResult(NamedTuple):
     """The outcome of :func:`fit_svi`.
 
     Attributes:
-        model: the fitted model, holding the best state (by validation loss).
+        model: the fitted model, holding the kept state (the latest validation pass not distinguishable from the
+            held-out minimum: :class:`~mavrl_ppl.inference.training.Best`).
         history: ``elbo`` per step (negative ELBO, i.e. the loss) and ``validation`` per evaluation.
         best_step: step of the kept state.
         steps: steps taken in total.
