@@ -232,7 +232,8 @@ def _loss_axis(ax: plt.Axes, values: np.ndarray) -> None:
 def plot_loss_curve(elbo: Sequence[float], validation: Sequence[float], validation_step: Sequence[int],
                     best_step: int, path: Path, *, title: str = "") -> Path:
     """SVI training loss (negative ELBO per step, with its running mean) and the held-out negative log predictive per
-    item at each validation pass, both with the kept (best-validation) step marked.
+    item at each validation pass, both with the kept step marked (the latest pass within two paired standard errors
+    of the held-out minimum, :class:`~mavrl_ppl.inference.training.Best`).
 
     Args:
         elbo: the loss (negative ELBO, nats) of each step's minibatch.
