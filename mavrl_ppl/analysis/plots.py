@@ -276,7 +276,7 @@ def plot_loss_curve(elbo: Sequence[float], validation: Sequence[float], validati
     _loss_axis(ax_val, validation)
     ax_val.set_xlabel("step")
     ax_val.set_ylabel("negative log predictive per item (nats)")
-    ax_val.set_title("held-out validation loss (lowest is kept)")
+    ax_val.set_title("held-out validation loss (kept: latest within 2 SE of the lowest)")
     ax_val.legend(fontsize=8).set_in_layout(False)
     for ax in (ax_train, ax_val):
         ax.grid(True, which="major", alpha=0.3)
