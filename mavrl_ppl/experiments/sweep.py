@@ -573,16 +573,29 @@ class TrialSeededTPE(optuna.samplers.BaseSampler):
         self._inner.after_trial(study, trial, state, values)
 
 
+#: Seconds after which a RUNNING trial that no worker has claimed is taken as lost: a worker claims its trial a few
+#: database round trips after asking for it, so a trial left unclaimed lost its worker in between (the CI's
+#: database-outage test once hit that window: the rerun then waited on the orphan as if another worker ran it).
+UNCLAIMED_AFTER = 30.0
+
+
 def is_counted(trial: FrozenTrial) -> bool:
     """Whether a trial counts towards ``--trials``: COMPLETE, or FAIL because its fit raised (``error``)."""
     return trial.state == TrialState.COMPLETE or (trial.state == TrialState.FAIL and "error" in trial.user_attrs)
 
 
-def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, stale_after: float) -> list[int]:
+def claimed(trial: FrozenTrial) -> bool:
+    """Whether a worker has put its host on the trial (the first thing it does after asking for it)."""
+    return "worker_host" in trial.user_attrs
+
+
+def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, stale_after: float,
+                      unclaimed_after: float = UNCLAIMED_AFTER) -> list[int]:
     """Mark as FAIL (attribute ``interrupted``) the RUNNING trials whose worker is gone.
 
     A worker on this host is gone when its pid is not running; on any host, when its heartbeat (or, before the
-    first heartbeat, the trial's start) is older than ``stale_after`` seconds.
+    first heartbeat, the trial's start) is older than ``stale_after`` seconds. A trial that no worker has claimed
+    (:func:`claimed`) ``unclaimed_after`` seconds after its start lost its worker between asking and claiming.
 
     Returns:
         The numbers of the trials marked.
@@ -593,8 +606,11 @@ def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage,
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         attrs = t.user_attrs
         reason = None
+        started = t.datetime_start.timestamp() if t.datetime_start is not None else now
         if attrs.get("worker_host") == host and "worker_pid" in attrs and not pid_alive(int(attrs["worker_pid"])):
             reason = f"worker {host}:{attrs['worker_pid']} is gone"
+        elif not claimed(t) and now - started > unclaimed_after:
+            reason = f"no worker claimed it within {unclaimed_after:g} s of its start"
         else:
             last = attrs.get("heartbeat")
             if last is None and t.datetime_start is not None:
@@ -737,7 +753,11 @@ def run_study(
                       quiet)
         current = study.get_trials(deepcopy=False)
         done = sum(map(is_counted, current))
-        running = sum(t.state == TrialState.RUNNING for t in current)
+        running = [t for t in current if t.state == TrialState.RUNNING]
+        if done < trials <= done + len(running) and not all(map(claimed, running)):
+            time.sleep(1.0)  # a young unclaimed trial: claimed soon, or marked lost after UNCLAIMED_AFTER
+            continue
+        running = len(running)
         if done >= trials or done + running >= trials:
             _progress(f"[{study_name}] {done} of {trials} trials finished"
                       + (f", {running} running in other workers" if running else "") + "; nothing more to start",

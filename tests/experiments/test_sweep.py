@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -281,3 +282,21 @@ def test_a_study_made_before_a_new_setting_continues_while_it_is_at_its_default(
     capsys.readouterr()
     assert sweep.main(["--subset", "pr", "--storage", storage, "--study", "cell", "--trials", "3", *TINY]) == 2
     assert "base_settings.guide: study 'fullrank' vs now 'meanfield'" in capsys.readouterr().err
+
+
+def test_a_trial_no_worker_claimed_is_marked_lost_only_after_the_grace():
+    # A worker that dies between asking for a trial and setting its host and pid leaves it RUNNING and unclaimed;
+    # a claimed trial of a live worker (this process) is never marked, however short the grace.
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="claims")
+    orphan = study.ask()
+    mine = study.ask()
+    mine.set_user_attr("worker_host", socket.gethostname())
+    mine.set_user_attr("worker_pid", os.getpid())
+    assert sweep.fail_stale_trials(study, storage, stale_after=600.0, unclaimed_after=600.0) == []
+    assert sweep.fail_stale_trials(study, storage, stale_after=600.0, unclaimed_after=0.0) == [orphan.number]
+    states = {t.number: t for t in study.get_trials()}
+    assert states[orphan.number].state == TrialState.FAIL
+    assert "no worker claimed it" in states[orphan.number].user_attrs["interrupted"]
+    assert not sweep.is_counted(states[orphan.number])
+    assert states[mine.number].state == TrialState.RUNNING
