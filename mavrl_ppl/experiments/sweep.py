@@ -612,10 +612,8 @@ def fail_stale_trials(study: optuna.Study, storage: optuna.storages.BaseStorage,
         elif not claimed(t) and now - started > unclaimed_after:
             reason = f"no worker claimed it within {unclaimed_after:g} s of its start"
         else:
-            last = attrs.get("heartbeat")
-            if last is None and t.datetime_start is not None:
-                last = t.datetime_start.timestamp()
-            if last is not None and now - float(last) > stale_after:
+            last = attrs.get("heartbeat", started)  # before the first heartbeat, the trial's start
+            if now - float(last) > stale_after:
                 reason = f"no heartbeat for {now - float(last):.0f} s (worker {attrs.get('worker_host')}:" \
                          f"{attrs.get('worker_pid')})"
         if reason is None:
@@ -754,13 +752,12 @@ def run_study(
         current = study.get_trials(deepcopy=False)
         done = sum(map(is_counted, current))
         running = [t for t in current if t.state == TrialState.RUNNING]
-        if done < trials <= done + len(running) and not all(map(claimed, running)):
-            time.sleep(1.0)  # a young unclaimed trial: claimed soon, or marked lost after UNCLAIMED_AFTER
-            continue
-        running = len(running)
-        if done >= trials or done + running >= trials:
+        if done + len(running) >= trials:
+            if done < trials and not all(map(claimed, running)):
+                time.sleep(1.0)  # a young unclaimed trial: claimed soon, or marked lost after UNCLAIMED_AFTER
+                continue
             _progress(f"[{study_name}] {done} of {trials} trials finished"
-                      + (f", {running} running in other workers" if running else "") + "; nothing more to start",
+                      + (f", {len(running)} running in other workers" if running else "") + "; nothing more to start",
                       quiet)
             return study
         trial = study.ask()

@@ -275,7 +275,7 @@ class Trainer:
             if (step + 1) % s.eval_every == 0 or step + 1 == s.max_steps:
                 per_item = self._validation_losses()
                 by_type = {n: float(v.double().mean()) for n, v in per_item.items()}
-                val = self._record(step + 1, per_item)
+                val = self._record(step + 1, per_item, by_type)
                 bar.set_postfix(elbo=f"{-loss:.1f}", val_nll=f"{val:.3f}", refresh=False)
                 self._save(step + 1)
                 if self.on_evaluate is not None:
@@ -318,11 +318,11 @@ class Trainer:
         with torch.no_grad():
             return {n: -self.model.predictive_log_likelihood(n, b).reshape(-1) for n, b in self.held_out.items()}
 
-    def _record(self, step: int, per_item: Mapping[str, torch.Tensor]) -> float:
-        """Log a validation pass and update the kept state (:class:`Best`); the held-out loss (every item counts
-        once)."""
-        for n, v in per_item.items():
-            self.history.setdefault(f"validation_{n}", []).append(float(v.double().mean()))
+    def _record(self, step: int, per_item: Mapping[str, torch.Tensor], by_type: Mapping[str, float]) -> float:
+        """Log a validation pass (``by_type``: each type's mean of ``per_item``) and update the kept state
+        (:class:`Best`); the held-out loss (every item counts once)."""
+        for n, v in by_type.items():
+            self.history.setdefault(f"validation_{n}", []).append(v)
         items = torch.cat(list(per_item.values())).double()
         val = float(items.mean())
         self.history["validation"].append(val)
